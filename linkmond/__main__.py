@@ -1,0 +1,5 @@
+"""``python -m linkmond``."""
+
+from linkmond.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,189 @@
+"""The command line (DESIGN §6): run, check-config, monitor, status, replay."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from linkmond import __version__, rtnl
+from linkmond.config import (
+    EX_CONFIG,
+    Config,
+    ConfigError,
+    ConsoleSinkConfig,
+    LogConfig,
+    load_config,
+)
+from linkmond.daemon import Daemon
+from linkmond.events import Event, EventFactory
+from linkmond.logs import configure as configure_logs
+from linkmond.monitor import Monitor
+from linkmond.sinks.console import ConsoleSink
+from linkmond.source import current_netns_name
+
+#: ``monitor`` shows what changed, not the daemon's own start and stop
+MONITOR_DEFAULT_TYPES = ["*", "!daemon.started", "!daemon.stopping"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="linkmond",
+        description="Watch the kernel's network state over rtnetlink and report what changed.",
+    )
+    parser.add_argument("--version", action="version", version=f"linkmond {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def config_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-c",
+            "--config",
+            type=Path,
+            help="config file (default /etc/linkmond/linkmond.toml; without it: console only)",
+        )
+
+    p = sub.add_parser("run", help="run the daemon")
+    config_arg(p)
+    p = sub.add_parser("check-config", help="validate and print the effective config")
+    config_arg(p)
+    p = sub.add_parser("monitor", help="show live semantic events, like `ip monitor`")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of human lines")
+    p.add_argument("--type", action="append", metavar="GLOB", help="event types (repeatable)")
+    p.add_argument(
+        "--interface",
+        action="append",
+        metavar="GLOB",
+        help="interface names (repeatable; !excludes)",
+    )
+    p = sub.add_parser("status", help="current links: admin, carrier, operstate, addresses")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p = sub.add_parser("replay", help="decode a recorded netlink stream (rtmon / ip monitor file)")
+    p.add_argument("file", type=Path, help="file written by `rtmon file F` or `ip monitor file`")
+    for command in sub.choices.values():
+        command.add_argument("--version", action="version", version=f"linkmond {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``linkmond`` command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args.config)
+        if args.command == "check-config":
+            return _check_config(args.config)
+        if args.command == "monitor":
+            return _monitor(args)
+        if args.command == "status":
+            return _status(args.json)
+        return _replay(args.file)
+    except ConfigError as exc:
+        print(f"linkmond: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(path: Path | None) -> int:
+    config = load_config(path)
+    configure_logs(config.log.level, config.log.format)
+    return asyncio.run(Daemon(config).run())
+
+
+def _check_config(path: Path | None) -> int:
+    config = load_config(path)
+    print(json.dumps(config.effective(), indent=2))
+    return 0
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    configure_logs("warning", "auto")
+    console = ConsoleSinkConfig(
+        type="console",
+        json=args.json,
+        events=args.type or MONITOR_DEFAULT_TYPES,
+        interfaces=args.interface or ["*"],
+        queue_size=100_000,
+    )
+    config = Config(log=LogConfig(level="warning"), sinks={"console": console})
+
+    async def go() -> int:
+        daemon = Daemon(config)
+        sink = daemon.fanout.workers[0].sink
+        assert isinstance(sink, ConsoleSink)
+        sink.on_closed = lambda: daemon.request_stop("stdout closed")
+        return await daemon.run()
+
+    return asyncio.run(go())
+
+
+def _status(as_json: bool) -> int:
+    configure_logs("warning", "auto")
+    rtnl.load_system_names()
+
+    async def snapshot() -> Monitor:
+        monitor = Monitor(EventFactory("", ""), lambda e: None, groups=("link", "addr"))
+        await monitor.start()
+        monitor.stop()
+        return monitor
+
+    monitor = asyncio.run(snapshot())
+    state = monitor.state
+    addrs: dict[int, list[str]] = {}
+    for addr in state.tables["addr"].values():
+        addrs.setdefault(addr["ifindex"], []).append(f"{addr['address']}/{addr['prefixlen']}")
+    rows = []
+    for link in sorted(state.tables["link"].values(), key=lambda link: link["ifindex"]):
+        rows.append(
+            {
+                "ifindex": link["ifindex"],
+                "ifname": link["ifname"],
+                "admin_up": link["admin_up"],
+                "carrier": link["carrier"],
+                "ready": link["admin_up"] and link["carrier"],
+                "operstate": link["operstate"],
+                "mtu": link["mtu"],
+                "mac": link["mac"],
+                "kind": link["kind"],
+                "master": state.ifname(link["master"]),
+                "addresses": addrs.get(link["ifindex"], []),
+            }
+        )
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'IFNAME':<16} {'ADMIN':<5} {'CARRIER':<7} {'OPERSTATE':<14} {'MTU':>6}  ", end="")
+    print(f"{'MAC':<17}  ADDRESSES")
+    for r in rows:
+        print(
+            f"{r['ifname']:<16} {'up' if r['admin_up'] else 'down':<5} "
+            f"{'yes' if r['carrier'] else 'no':<7} {r['operstate']:<14} {r['mtu']:>6}  "
+            f"{r['mac'] or '-':<17}  {' '.join(r['addresses'])}"
+        )
+    return 0
+
+
+def _replay(path: Path) -> int:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        print(f"linkmond: {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 66  # EX_NOINPUT
+    configure_logs("warning", "auto")
+    rtnl.load_system_names()
+    factory = EventFactory(f"/linkmond/{socket.gethostname()}", current_netns_name())
+    out = sys.stdout
+
+    def publish(event: Event) -> None:
+        out.write(event.json_line + "\n")
+
+    monitor = Monitor(factory, publish)
+    monitor.feed(data, len(data), replay=True)
+    out.flush()
+    if monitor.stats.malformed:
+        print(f"linkmond: {monitor.stats.malformed} malformed message(s) skipped", file=sys.stderr)
+    return 0

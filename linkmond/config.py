@@ -1,0 +1,218 @@
+"""The TOML configuration, validated by pydantic (DESIGN §5).
+
+Every table forbids unknown keys: a typo is an error, never silently ignored. Sinks are named
+tables with a ``type`` discriminator; the options every sink shares (``events``,
+``interfaces``, ``hold_down``, ``queue_size``) live in :class:`SinkBase`, so each sink's model
+only adds its own. A bad file raises :class:`ConfigError` naming the file, the key path and
+the problem; the CLI turns that into one line on stderr and exit status 78 (EX_CONFIG).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from linkmond import rtnl
+
+DEFAULT_PATH: Final = Path("/etc/linkmond/linkmond.toml")
+EX_CONFIG: Final = 78
+
+_SIZE_UNITS: Final = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
+_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_NUMBER_UNIT: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: Any) -> int:
+    """``"16MiB"`` → 16777216; a bare integer is bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as '16MiB'")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and (m := _NUMBER_UNIT.match(value)):
+        unit = _SIZE_UNITS.get(m.group(2).lower())
+        if unit is not None:
+            return int(float(m.group(1)) * unit)
+    raise ValueError(f"{value!r} is not a size: use a number with B, KiB, MiB or GiB")
+
+
+def parse_duration(value: Any) -> float:
+    """``"2s"`` → 2.0, ``"500ms"`` → 0.5; a bare number is seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as '2s'")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and (m := _NUMBER_UNIT.match(value)):
+        unit = _DURATION_UNITS.get(m.group(2).lower() or "s")
+        if unit is not None:
+            return float(m.group(1)) * unit
+    raise ValueError(f"{value!r} is not a duration: use a number with ms, s, m or h")
+
+
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+GroupName = Literal["link", "addr", "route", "neigh", "rule", "netconf"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MonitorConfig(_Strict):
+    """``[monitor]``: what to watch."""
+
+    groups: list[GroupName] = Field(default_factory=lambda: list(rtnl.GROUPS))  # type: ignore[arg-type]
+    #: fnmatch globs on interface names; a leading ``!`` excludes
+    interfaces: list[str] = Field(default_factory=lambda: ["*"])
+    #: SO_RCVBUF(FORCE) of the netlink socket; large, so a route storm does not overflow it
+    receive_buffer: Size = 16 * 1024**2
+
+
+class LogConfig(_Strict):
+    """``[log]``: the daemon's own logs (not the events)."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "console", "json"] = "auto"
+
+
+class DaemonConfig(_Strict):
+    """``[daemon]``: process-wide settings."""
+
+    #: where durable state lives; ``$STATE_DIRECTORY`` (set by systemd) wins
+    state_directory: Path = Path("/var/lib/linkmond")
+    #: how long shutdown waits for sink queues to drain
+    drain_timeout: Duration = 5.0
+
+
+class SinkBase(_Strict):
+    """Options every sink accepts, applied by the shared fan-out before the sink sees an event."""
+
+    #: globs on the event type, e.g. ``["link.*", "!link.changed"]``
+    events: list[str] = Field(default_factory=lambda: ["*"])
+    #: globs on the interface name; events not bound to an interface always pass
+    interfaces: list[str] = Field(default_factory=lambda: ["*"])
+    #: flap damping for carrier_lost/admin_down (0: off)
+    hold_down: Duration = 0.0
+    #: events buffered for this sink before new ones are dropped (and counted)
+    queue_size: int = Field(default=10_000, ge=1)
+
+
+class ConsoleSinkConfig(SinkBase):
+    """``type = "console"``: one human line per event on stdout, or JSON lines."""
+
+    type: Literal["console"]
+    json_lines: bool = Field(default=False, alias="json")
+    stream: Literal["stdout", "stderr"] = "stdout"
+
+
+class FileSinkConfig(SinkBase):
+    """``type = "file"``: JSON lines appended to a file, reopened on SIGHUP (logrotate)."""
+
+    type: Literal["file"]
+    path: Path
+    fsync: Literal["never", "interval", "always"] = "never"
+    fsync_interval: Duration = 1.0
+
+
+SinkConfig = Annotated[ConsoleSinkConfig | FileSinkConfig, Field(discriminator="type")]
+
+
+class Config(_Strict):
+    """The whole configuration file."""
+
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    sinks: dict[str, SinkConfig] = Field(default_factory=dict)
+
+    def effective(self) -> dict[str, Any]:
+        """The config with every default filled in, as ``check-config`` prints it."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names file, key path and problem."""
+
+    def __init__(self, path: Path | str, problems: list[tuple[str, str]]) -> None:
+        self.path = str(path)
+        self.problems = problems
+        lines = [
+            f"{self.path}: {key}: {msg}" if key else f"{self.path}: {msg}" for key, msg in problems
+        ]
+        super().__init__("\n".join(lines))
+
+
+def default_config() -> Config:
+    """The built-in configuration used when there is no config file: console events only."""
+    return Config(sinks={"console": ConsoleSinkConfig(type="console")})
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate ``path``; None means the default path, or the built-in default.
+
+    An explicitly named file that does not exist is an error; the default path missing is not.
+    """
+    explicit = path is not None
+    file = path if path is not None else DEFAULT_PATH
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(file, [("", "no such file")]) from None
+        return default_config()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(file, [("", f"cannot read: {exc}")]) from None
+    return parse_config(text, file)
+
+
+def parse_config(text: str, path: Path | str = "<config>") -> Config:
+    """Validate TOML text; raises :class:`ConfigError` with every problem found."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [("", f"invalid TOML: {exc}")]) from None
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(path, [_describe(err, raw) for err in exc.errors()]) from None
+    if not config.sinks:
+        raise ConfigError(path, [("sinks", "no sink configured: events would go nowhere")])
+    return config
+
+
+def _describe(err: Any, raw: dict[str, Any]) -> tuple[str, str]:
+    loc = list(err["loc"])
+    # a discriminated union puts the tag in the path: sinks.<name>.<type>.<key> → drop it
+    if len(loc) >= 3 and loc[0] == "sinks":
+        sink = raw.get("sinks", {}).get(loc[1], {})
+        if isinstance(sink, dict) and loc[2] == sink.get("type"):
+            del loc[2]
+    key = ".".join(str(part) for part in loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return key, "unknown key (not a setting of linkmond; a typo?)"
+    if kind == "missing":
+        return key, "required key is missing"
+    if kind == "union_tag_invalid":
+        tags = err.get("ctx", {}).get("expected_tags", "")
+        return f"{key}.type", f"unknown sink type {err['input'].get('type')!r} (expected {tags})"
+    if kind == "union_tag_not_found":
+        return f"{key}.type", "required key is missing (console or file)"
+    message = str(err["msg"])
+    message = message.removeprefix("Value error, ")
+    return key, message

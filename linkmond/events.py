@@ -1,0 +1,223 @@
+"""The one event representation every sink receives, its JSON form and its human line.
+
+An event is a CloudEvents 1.0 structured-mode object (DESIGN §4). The JSON form is defined
+once, here, by the pydantic model and serialised at most once per event however many sinks
+deliver it. Events are built on the netlink reader's hot path, so ``data`` (made by our own
+code) skips validation and :class:`EventFactory` formats ids and times by hand.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from functools import cached_property
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, SkipValidation
+
+
+class Event(BaseModel):
+    """One semantic change, CloudEvents 1.0 compatible (DESIGN §4)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    specversion: Literal["1.0"] = "1.0"
+    #: UUIDv7: time-ordered, unique per event, stable across webhook retries
+    id: str
+    #: ``/linkmond/<hostname>``
+    source: str
+    #: e.g. ``link.carrier_lost``; the type names of DESIGN §4 are a public contract
+    type: str
+    #: RFC 3339 in UTC with microseconds, e.g. ``2026-11-21T22:28:19.464692Z``
+    time: str
+    #: the interface name; for routes the destination, for neighbours the address
+    subject: str
+    #: consecutive per daemon run, starting at 1
+    seq: int
+    #: the network namespace watched (``default`` for the initial one)
+    netns: str
+    #: built by linkmond's own code, so not re-validated (it would copy it per event)
+    data: SkipValidation[dict[str, Any]]
+
+    @cached_property
+    def json_line(self) -> str:
+        """The event's JSON text (compact, one line), computed once and shared by all sinks."""
+        return self.model_dump_json()
+
+    @property
+    def ifname(self) -> str | None:
+        """The interface this event is about, for interface filters; None if not interface-bound."""
+        data = self.data
+        if self.type.startswith("netconf.") and data.get("ifindex", 0) < 0:
+            return None
+        name = data.get("ifname")
+        return name if isinstance(name, str) else None
+
+
+def _rfc3339(t_ns: int, _cache: dict[int, str] = {}) -> str:  # noqa: B006 - a per-second cache
+    secs, ns = divmod(t_ns, 1_000_000_000)
+    prefix = _cache.get(secs)
+    if prefix is None:
+        _cache.clear()
+        prefix = _cache[secs] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    return f"{prefix}.{ns // 1000:06d}Z"
+
+
+class EventFactory:
+    """Stamps changes into events: UUIDv7 id, time, consecutive ``seq``, source and netns."""
+
+    def __init__(self, source: str, netns: str) -> None:
+        self.source = source
+        self.netns = netns
+        self.seq = 0
+        self._last_ms = -1
+        self._counter = 0
+        self._rand = random.Random()
+
+    def uuid7(self, t_ns: int) -> str:
+        """A UUIDv7 (RFC 9562) whose 12-bit ``rand_a`` is a counter: ids sort in issue order."""
+        ms = t_ns // 1_000_000
+        if ms > self._last_ms:
+            self._last_ms = ms
+            self._counter = self._rand.getrandbits(11)
+        else:
+            self._counter += 1
+            if self._counter > 0xFFF:  # more than ~2k ids in one ms: borrow the next ms
+                self._last_ms += 1
+                self._counter = 0
+            ms = self._last_ms
+        value = (
+            (ms << 80)
+            | (0x7 << 76)
+            | (self._counter << 64)
+            | (0b10 << 62)
+            | self._rand.getrandbits(62)
+        )
+        h = f"{value:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+    def make(
+        self, type_: str, subject: str, data: dict[str, Any], t_ns: int | None = None
+    ) -> Event:
+        """Build the next event of this run; ``t_ns`` overrides the time (replay uses it)."""
+        now = time.time_ns() if t_ns is None else t_ns
+        self.seq += 1
+        return Event(
+            id=self.uuid7(now),
+            source=self.source,
+            type=type_,
+            time=_rfc3339(now),
+            subject=subject,
+            seq=self.seq,
+            netns=self.netns,
+            data=data,
+        )
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "-"
+    return str(value)
+
+
+def describe(event: Event) -> str:
+    """The human line of an event, as the console and the journal's MESSAGE show it.
+
+    ``link eth0: carrier lost (admin up)``
+    """
+    group, _, kind = event.type.partition(".")
+    d = event.data
+    subject = event.subject
+    text: str
+    if group == "link":
+        text = _describe_link(kind, d)
+    elif group == "addr":
+        what = f"{d['address']}/{d['prefixlen']}"
+        if kind == "changed":
+            text = f"{what} changed {_changes(d)}"
+        else:
+            text = f"{kind} {what} ({d['family']}, scope {d['scope']})"
+    elif group == "route":
+        text = f"{kind}{_route_tail(d)}"
+        if kind == "changed":
+            text += f" ({_changes(d)})"
+    elif group == "neigh":
+        where = f" dev {d['ifname']}" if d.get("ifname") else ""
+        if kind == "changed":
+            text = f"{_changes(d)}{where}"
+        else:
+            lladdr = f" lladdr {d['lladdr']}" if d.get("lladdr") else ""
+            text = f"{kind}{where}{lladdr} {d['state']}"
+    elif group == "rule":
+        text = f"{kind} {subject}"
+        subject = d["family"]
+    elif group == "netconf":
+        subject = f"{d['family']} {subject}"
+        text = _changes(d)
+    elif group == "daemon":
+        text = _describe_daemon(kind, d)
+        return f"daemon: {text}"
+    else:
+        text = kind
+    if d.get("resync"):
+        text += " [resync]"
+    return f"{group} {subject}: {text}"
+
+
+def _changes(d: dict[str, Any]) -> str:
+    parts = []
+    for field, (old, new) in d.get("changes", {}).items():
+        parts.append(f"{field} {_value(old)} → {_value(new)}")
+    return ", ".join(parts) or "changed"
+
+
+def _describe_link(kind: str, d: dict[str, Any]) -> str:
+    admin = "admin up" if d["admin_up"] else "admin down"
+    if kind == "carrier_lost":
+        return f"carrier lost ({admin})"
+    if kind == "carrier_up":
+        return f"carrier up (operstate {d['operstate']})"
+    if kind == "admin_up":
+        return "admin up" + ("" if d["carrier"] else " (no carrier)")
+    if kind == "admin_down":
+        return "admin down"
+    if kind == "added":
+        extra = ", ".join(x for x in (d.get("kind"), f"mtu {d['mtu']}", admin) if x)
+        return f"added ({extra})"
+    if kind == "removed":
+        return "removed"
+    return f"changed {_changes(d)}"
+
+
+def _route_tail(d: dict[str, Any]) -> str:
+    parts = []
+    if d.get("type") not in (None, "unicast"):
+        parts.append(d["type"])
+    if d.get("gateway"):
+        parts.append(f"via {d['gateway']}")
+    if d.get("ifname"):
+        parts.append(f"dev {d['ifname']}")
+    for hop in d.get("nexthops") or []:
+        parts.append(f"nexthop via {hop.get('gateway')} dev {hop.get('ifname')}")
+    parts.append(f"table {d['table']}")
+    parts.append(f"proto {d['protocol']}")
+    if d.get("metric"):
+        parts.append(f"metric {d['metric']}")
+    return " " + " ".join(parts)
+
+
+def _describe_daemon(kind: str, d: dict[str, Any]) -> str:
+    if kind == "started":
+        counts = d.get("counts", {})
+        summary = ", ".join(f"{n} {t}" for t, n in counts.items())
+        return f"started, watching netns {d.get('netns', '?')} ({summary})"
+    if kind == "overflow":
+        return (
+            f"receive buffer overflow: notifications were lost; the re-dump produced "
+            f"{d.get('events', 0)} events"
+        )
+    if kind == "stopping":
+        return f"stopping ({d.get('reason', 'signal')})"
+    return kind

@@ -1,0 +1,179 @@
+"""Fan-out: per-sink filters, bounded queues, one worker task per sink, retries and drain.
+
+``publish`` is called on the reader's hot path and never awaits: it filters and
+``put_nowait``s into each sink's queue. A full queue drops the event for that sink only and
+counts it. Each worker delivers batches in order and retries a failing sink with backoff
+while its queue absorbs (and, when full, drops) what comes meanwhile; one sink failing never
+touches another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+import structlog
+
+from linkmond.config import SinkBase
+from linkmond.events import Event
+from linkmond.filters import GlobFilter
+from linkmond.sinks.base import Sink, SinkError
+
+log = structlog.get_logger("linkmond.fanout")
+
+BATCH_MAX: Final = 512
+RETRY_INITIAL: Final = 0.2
+RETRY_MAX: Final = 30.0
+
+
+@dataclass
+class SinkCounters:
+    """What happened to the events offered to one sink."""
+
+    delivered: int = 0
+    dropped: int = 0
+    failures: int = 0
+
+
+class SinkWorker:
+    """One sink with its filters, bounded queue and delivery task."""
+
+    def __init__(self, name: str, sink: Sink, options: SinkBase) -> None:
+        self.name = name
+        self.sink = sink
+        self.options = options
+        self.types = GlobFilter(options.events)
+        self.interfaces = GlobFilter(options.interfaces)
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(options.queue_size)
+        self.counters = SinkCounters()
+        self._task: asyncio.Task[None] | None = None
+        self._in_flight = 0  # events of the batch being delivered, not yet through
+
+    def offer(self, event: Event) -> None:
+        """Queue ``event`` if the filters let it through; count a drop if the queue is full."""
+        if not self.types.match(event.type):
+            return
+        ifname = event.ifname
+        if ifname is not None and not self.interfaces.match(ifname):
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.counters.dropped += 1
+            if self.counters.dropped == 1 or self.counters.dropped % 1000 == 0:
+                log.warning(
+                    "sink queue full, dropping events",
+                    sink=self.name,
+                    dropped=self.counters.dropped,
+                )
+
+    async def start(self) -> None:
+        """Start the sink (a failure is logged; delivery retries it) and the worker task."""
+        try:
+            await self.sink.start()
+        except Exception as exc:
+            log.error(
+                "sink failed to start; will retry on delivery", sink=self.name, error=str(exc)
+            )
+        self._task = asyncio.create_task(self._run(), name=f"sink:{self.name}")
+
+    async def _run(self) -> None:
+        queue = self.queue
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < BATCH_MAX and not queue.empty():
+                batch.append(queue.get_nowait())
+            try:
+                await self._deliver(batch)
+            finally:
+                for _ in batch:
+                    queue.task_done()
+
+    async def _deliver(self, batch: list[Event]) -> None:
+        delay = RETRY_INITIAL
+        failing = False
+        while batch:
+            self._in_flight = len(batch)
+            try:
+                await self.sink.emit(batch)
+            except Exception as exc:
+                delivered = exc.delivered if isinstance(exc, SinkError) else 0
+                self.counters.delivered += delivered
+                batch = batch[delivered:]
+                self.counters.failures += 1
+                if not failing:
+                    log.error(
+                        "sink failed; retrying",
+                        sink=self.name,
+                        error=str(exc),
+                        pending=len(batch) + self.queue.qsize(),
+                    )
+                failing = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            self.counters.delivered += len(batch)
+            self._in_flight = 0
+            if failing:
+                log.info("sink recovered", sink=self.name)
+            return
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to ``timeout`` s for the queue to empty, then stop; returns events left."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.queue.join(), timeout)
+        left = self.queue.qsize() + self._in_flight
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        try:
+            await self.sink.aclose()
+        except Exception as exc:
+            log.error("sink failed to close", sink=self.name, error=str(exc))
+        return left
+
+
+class Fanout:
+    """All sink workers; ``publish`` hands an event to each of them."""
+
+    def __init__(self, workers: Iterable[SinkWorker]) -> None:
+        self.workers = list(workers)
+
+    def publish(self, event: Event) -> None:
+        """Offer ``event`` to every sink (never blocks)."""
+        for worker in self.workers:
+            worker.offer(event)
+
+    async def start(self) -> None:
+        """Start every sink and worker."""
+        for worker in self.workers:
+            await worker.start()
+
+    def reopen(self) -> None:
+        """SIGHUP: let every sink reopen its files."""
+        for worker in self.workers:
+            worker.sink.reopen()
+
+    async def drain(self, timeout: float) -> dict[str, int]:
+        """Drain all sinks concurrently within ``timeout``; returns undelivered counts per sink."""
+        left = await asyncio.gather(*(w.drain(timeout) for w in self.workers))
+        for worker, n in zip(self.workers, left, strict=True):
+            if n:
+                log.error("events not delivered before shutdown", sink=worker.name, events=n)
+        return {w.name: n for w, n in zip(self.workers, left, strict=True)}
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Per-sink delivered/dropped/failures/queued."""
+        return {
+            w.name: {
+                "delivered": w.counters.delivered,
+                "dropped": w.counters.dropped,
+                "failures": w.counters.failures,
+                "queued": w.queue.qsize(),
+            }
+            for w in self.workers
+        }

@@ -1,0 +1,41 @@
+"""The interface every sink implements: ``start``, ``emit`` and ``aclose``.
+
+Queues, filters, retries, drop counting and drain timeouts live in the shared
+:class:`linkmond.fanout.SinkWorker`; a sink only knows how to deliver a batch of events to
+its destination, which keeps each one small.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+from linkmond.events import Event
+
+
+class SinkError(Exception):
+    """Delivery failed after ``delivered`` events of the batch; the worker retries the rest."""
+
+    def __init__(self, message: str, delivered: int = 0) -> None:
+        super().__init__(message)
+        self.delivered = delivered
+
+
+class Sink(abc.ABC):
+    """A destination for events. Methods are called from one worker task, never concurrently."""
+
+    #: the sink's name in the config (``[sinks.<name>]``), for logs and counters
+    name: str = "sink"
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Acquire resources; failing here is logged and retried by the worker through emit."""
+
+    @abc.abstractmethod
+    async def emit(self, events: Sequence[Event]) -> None:
+        """Deliver ``events`` in order; raise :class:`SinkError` saying how many got through."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Flush and release resources."""
+
+    def reopen(self) -> None:  # noqa: B027 - optional hook
+        """SIGHUP: reopen files (logrotate). Called from the event loop; must not block."""

@@ -1,0 +1,119 @@
+"""The rtnetlink socket: subscription, receive buffer, dump requests and non-blocking reads.
+
+A plain ``socket.socket`` rather than pyroute2's: after ``ENOBUFS`` (receive-buffer overflow)
+a plain socket simply goes on working, which pyroute2's asyncio socket does not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import struct
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Final
+
+from linkmond import rtnl
+
+SO_RCVBUFFORCE: Final = 33
+_NLMSGHDR: Final = struct.Struct("=IHHII")
+
+#: table name → (dump request type, size of its zeroed fixed header)
+DUMP_REQUESTS: Final = {
+    "link": (rtnl.RTM_GETLINK, 16),  # struct ifinfomsg
+    "addr": (rtnl.RTM_GETADDR, 8),  # struct ifaddrmsg
+    "route": (rtnl.RTM_GETROUTE, 12),  # struct rtmsg
+    "neigh": (rtnl.RTM_GETNEIGH, 12),  # struct ndmsg
+    "rule": (rtnl.RTM_GETRULE, 12),  # struct fib_rule_hdr
+    "netconf": (rtnl.RTM_GETNETCONF, 4),  # struct netconfmsg, padded
+}
+
+#: Large enough for any datagram the kernel sends (dump batches are at most 32 KiB).
+READ_SIZE: Final = 1 << 20
+
+
+class NetlinkSocket:
+    """A non-blocking NETLINK_ROUTE socket joined to rtnetlink multicast groups.
+
+    Groups are joined one by one with ``NETLINK_ADD_MEMBERSHIP`` (the bind mask cannot name
+    groups above 31, and using one mechanism for all keeps it simple). No privilege is needed.
+    """
+
+    def __init__(self, groups: Iterable[int] = (), receive_buffer: int = 0) -> None:
+        self.sock = socket.socket(
+            socket.AF_NETLINK,
+            socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+            rtnl.NETLINK_ROUTE,
+        )
+        try:
+            self.requested_buffer = receive_buffer
+            if receive_buffer:
+                self._set_receive_buffer(receive_buffer)
+            self.sock.bind((0, 0))
+            self.portid: int = self.sock.getsockname()[0]
+            for group in groups:
+                self.sock.setsockopt(rtnl.SOL_NETLINK, rtnl.NETLINK_ADD_MEMBERSHIP, group)
+        except BaseException:
+            self.sock.close()
+            raise
+        self._seq = 0
+
+    def _set_receive_buffer(self, size: int) -> None:
+        # SO_RCVBUFFORCE passes net.core.rmem_max but needs CAP_NET_ADMIN; without it,
+        # SO_RCVBUF is silently capped at rmem_max (see receive_buffer).
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+        except PermissionError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+    @property
+    def receive_buffer(self) -> int:
+        """The effective receive buffer in bytes (the kernel reports twice what it accounts)."""
+        return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+
+    def fileno(self) -> int:
+        """The socket's descriptor, for ``loop.add_reader``."""
+        return self.sock.fileno()
+
+    def request_dump(self, table: str) -> int:
+        """Ask the kernel to dump ``table`` (all address families); returns the request's seq."""
+        mtype, header = DUMP_REQUESTS[table]
+        self._seq += 1
+        length = 16 + header
+        msg = _NLMSGHDR.pack(length, mtype, rtnl.NLM_F_REQUEST | rtnl.NLM_F_DUMP, self._seq, 0)
+        self.sock.send(msg + bytes(header))
+        return self._seq
+
+    def recv_into(self, buf: bytearray | memoryview) -> int:
+        """Read one datagram; raises BlockingIOError when drained, OSError(ENOBUFS) on overflow."""
+        return self.sock.recv_into(buf)
+
+    def close(self) -> None:
+        """Close the socket (idempotent)."""
+        self.sock.close()
+
+
+def is_overflow(exc: OSError) -> bool:
+    """True for the error a netlink socket reports after the kernel dropped messages."""
+    return exc.errno == errno.ENOBUFS
+
+
+def current_netns_name(run_netns: str = "/run/netns") -> str:
+    """The name ``ip netns`` knows this process's network namespace by, else ``default``.
+
+    Like ``ip netns identify``: compare our ``/proc/self/ns/net`` with the bind mounts in
+    /run/netns. The initial namespace, or an unnamed one, is reported as ``default``.
+    """
+    try:
+        mine = os.stat("/proc/self/ns/net")
+    except OSError:
+        return "default"
+    with contextlib.suppress(OSError):
+        for entry in sorted(Path(run_netns).iterdir()):
+            with contextlib.suppress(OSError):
+                st = entry.stat()
+                if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+                    return entry.name
+    return "default"
