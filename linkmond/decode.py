@@ -38,6 +38,16 @@ _I32: Final = struct.Struct("=i")
 _TIMEVAL: Final = struct.Struct("=II")
 
 NLMSGHDR_LEN: Final = _NLMSGHDR.size
+# module-level copies: a global lookup is cheaper than rtnl.X on the hot path
+_RTA_DST: Final = rtnl.RTA_DST
+_RTA_SRC: Final = rtnl.RTA_SRC
+_RTA_OIF: Final = rtnl.RTA_OIF
+_RTA_GATEWAY: Final = rtnl.RTA_GATEWAY
+_RTA_PRIORITY: Final = rtnl.RTA_PRIORITY
+_RTA_PREFSRC: Final = rtnl.RTA_PREFSRC
+_RTA_MULTIPATH: Final = rtnl.RTA_MULTIPATH
+_RTA_TABLE: Final = rtnl.RTA_TABLE
+_RTA_VIA: Final = rtnl.RTA_VIA
 
 
 class DecodeError(ValueError):
@@ -61,6 +71,27 @@ def split_messages(
             raise DecodeError(f"bad nlmsg_len {mlen} at offset {off} of {end_all}")
         yield mtype, mflags, seq, pid, off + 16, off + mlen
         off += (mlen + 3) & ~3
+    if off < end_all:
+        raise DecodeError(f"{end_all - off} stray bytes after the last message")
+
+
+def _attrs(buf: Buffer, pos: int, end: int) -> dict[int, tuple[int, int]]:
+    """Attribute type → (value start, value end) for the attributes in ``buf[pos:end]``."""
+    found: dict[int, tuple[int, int]] = {}
+    unpack = _NLA.unpack_from
+    while pos + 4 <= end:
+        alen, atype = unpack(buf, pos)
+        if alen < 4 or pos + alen > end:
+            raise DecodeError(f"attribute length {alen} at {pos} overruns its message")
+        found[atype & 0x3FFF] = (pos + 4, pos + alen)
+        pos += (alen + 3) & ~3
+    return found
+
+
+def _u32(buf: Buffer, start: int, end: int) -> int:
+    if end - start < 4:
+        raise DecodeError("attribute too short for a u32")
+    return int(_U32.unpack_from(buf, start)[0])
 
 
 def _cstr(buf: Buffer, start: int, end: int) -> str:
@@ -107,11 +138,11 @@ def decode_link(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | Non
         if atype == rtnl.IFLA_IFNAME:
             ifname = _cstr(buf, vstart, vend)
         elif atype == rtnl.IFLA_MTU:
-            mtu = _U32.unpack_from(buf, vstart)[0]
+            mtu = _u32(buf, vstart, vend)
         elif atype == rtnl.IFLA_ADDRESS:
             mac = _mac(buf, vstart, vend)
         elif atype == rtnl.IFLA_MASTER:
-            master = _U32.unpack_from(buf, vstart)[0]
+            master = _u32(buf, vstart, vend)
         elif atype == rtnl.IFLA_OPERSTATE:
             operstate = buf[vstart]
         elif atype == rtnl.IFLA_LINKINFO:
@@ -180,7 +211,7 @@ def decode_addr(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | Non
         elif atype == rtnl.IFA_LABEL:
             label = _cstr(buf, vstart, vend)
         elif atype == rtnl.IFA_FLAGS:
-            flags = _U32.unpack_from(buf, vstart)[0]
+            flags = _u32(buf, vstart, vend)
         pos += (alen + 3) & ~3
     # IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on point-to-point links.
     own = local or address
@@ -213,47 +244,34 @@ def decode_route(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | No
     family, dst_len, src_len, tos, table, proto, scope, rtype, rflags = _RTMSG.unpack_from(buf, off)
     if family not in rtnl.FAMILY_NAMES or rflags & rtnl.RTM_F_CLONED:
         return None
-    dst: str | None = None
-    src: str | None = None
-    gateway: str | None = None
-    prefsrc: str | None = None
-    oif = 0
-    metric = 0
-    nexthops: list[dict[str, Any]] | None = None
-    pos = off + 12
-    unpack = _NLA.unpack_from
-    while pos + 4 <= end:
-        alen, atype = unpack(buf, pos)
-        if alen < 4:
-            raise DecodeError("zero-length attribute")
-        atype &= 0x3FFF
-        vstart = pos + 4
-        vend = pos + alen
-        if vend > end:
-            raise DecodeError("attribute overruns message")
-        if atype == rtnl.RTA_DST:
-            dst = _ip(family, buf, vstart, vend)
-        elif atype == rtnl.RTA_GATEWAY:
-            gateway = _ip(family, buf, vstart, vend)
-        elif atype == rtnl.RTA_OIF:
-            oif = _U32.unpack_from(buf, vstart)[0]
-        elif atype == rtnl.RTA_PRIORITY:
-            metric = _U32.unpack_from(buf, vstart)[0]
-        elif atype == rtnl.RTA_TABLE:
-            table = _U32.unpack_from(buf, vstart)[0]
-        elif atype == rtnl.RTA_PREFSRC:
-            prefsrc = _ip(family, buf, vstart, vend)
-        elif atype == rtnl.RTA_SRC:
-            src = _ip(family, buf, vstart, vend)
-        elif atype == rtnl.RTA_MULTIPATH:
-            nexthops = _nexthops(family, buf, vstart, vend)
-        elif atype == rtnl.RTA_VIA:
-            gateway = _via(buf, vstart, vend)
-        pos += (alen + 3) & ~3
+    attrs = _attrs(buf, off + 12, end)
+    ip = _ip
+    span = attrs.get(_RTA_DST)
+    dst = None if span is None else ip(family, buf, *span)
+    span = attrs.get(_RTA_GATEWAY)
+    gateway = None if span is None else ip(family, buf, *span)
+    span = attrs.get(_RTA_OIF)
+    oif = 0 if span is None else _u32(buf, *span)
+    span = attrs.get(_RTA_PRIORITY)
+    metric = 0 if span is None else _u32(buf, *span)
+    span = attrs.get(_RTA_TABLE)
+    if span is not None:
+        table = _u32(buf, *span)
+    span = attrs.get(_RTA_PREFSRC)
+    prefsrc = None if span is None else ip(family, buf, *span)
+    span = attrs.get(_RTA_SRC)
+    src = None if span is None else ip(family, buf, *span)
+    span = attrs.get(_RTA_MULTIPATH)
+    nexthops = None if span is None else _nexthops(family, buf, *span)
+    span = attrs.get(_RTA_VIA)
+    if span is not None:
+        gateway = _via(buf, *span)
     dst_s = "default" if dst is None and dst_len == 0 else f"{dst or _zero(family)}/{dst_len}"
     src_s = None if src is None else f"{src}/{src_len}"
     table_s = rtnl.TABLE_NAMES.get(table) or str(table)
-    key = (family, table, dst_s, src_s, tos, metric)
+    # IPv4 knows one route per (table, dst, tos, metric), and `ip route replace` may move it
+    # to another device; IPv6 keeps one per device (fe80::/64 on every link).
+    key = (family, table, dst_s, src_s, tos, metric, oif if family == rtnl.AF_INET6 else 0)
     if deleted:
         return "route", key, None
     return (
@@ -294,14 +312,14 @@ def _nexthops(family: int, buf: Buffer, pos: int, end: int) -> list[dict[str, An
     hops: list[dict[str, Any]] = []
     while pos + 8 <= end:
         rlen, _flags, weight, ifindex = _RTNEXTHOP.unpack_from(buf, pos)
-        if rlen < 8:
-            raise DecodeError("short rtnexthop")
+        if rlen < 8 or pos + rlen > end:
+            raise DecodeError("rtnexthop overruns RTA_MULTIPATH")
         gateway: str | None = None
         apos = pos + 8
         while apos + 4 <= pos + rlen:
             alen, atype = _NLA.unpack_from(buf, apos)
-            if alen < 4:
-                raise DecodeError("zero-length attribute")
+            if alen < 4 or apos + alen > pos + rlen:
+                raise DecodeError("nexthop attribute overruns its rtnexthop")
             if atype & 0x3FFF == rtnl.RTA_GATEWAY:
                 gateway = _ip(family, buf, apos + 4, apos + alen)
             elif atype & 0x3FFF == rtnl.RTA_VIA:
@@ -387,7 +405,7 @@ def decode_rule(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | Non
         if vend > end:
             raise DecodeError("attribute overruns message")
         if atype == rtnl.FRA_PRIORITY:
-            obj["priority"] = _U32.unpack_from(buf, vstart)[0]
+            obj["priority"] = _u32(buf, vstart, vend)
         elif atype == rtnl.FRA_SRC:
             obj["src"] = f"{_ip(family, buf, vstart, vend)}/{src_len}"
         elif atype == rtnl.FRA_DST:
@@ -397,13 +415,13 @@ def decode_rule(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | Non
         elif atype == rtnl.FRA_OIFNAME:
             obj["oif"] = _cstr(buf, vstart, vend)
         elif atype == rtnl.FRA_FWMARK:
-            obj["fwmark"] = _U32.unpack_from(buf, vstart)[0]
+            obj["fwmark"] = _u32(buf, vstart, vend)
         elif atype == rtnl.FRA_FWMASK:
-            fwmask = _U32.unpack_from(buf, vstart)[0]
+            fwmask = _u32(buf, vstart, vend)
         elif atype == rtnl.FRA_TABLE:
-            table = _U32.unpack_from(buf, vstart)[0]
+            table = _u32(buf, vstart, vend)
         elif atype == rtnl.FRA_GOTO:
-            obj["goto"] = _U32.unpack_from(buf, vstart)[0]
+            obj["goto"] = _u32(buf, vstart, vend)
         pos += (alen + 3) & ~3
     if obj["fwmark"] is not None:
         mark = f"0x{obj['fwmark']:x}"
@@ -436,6 +454,8 @@ def decode_netconf(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | 
         if pos + alen > end:
             raise DecodeError("attribute overruns message")
         if atype == rtnl.NETCONFA_IFINDEX:
+            if alen < 8:
+                raise DecodeError("NETCONFA_IFINDEX too short")
             ifindex = _I32.unpack_from(buf, pos + 4)[0]
         elif atype in rtnl.NETCONF_ATTRS and alen >= 8:
             value = _I32.unpack_from(buf, pos + 4)[0]

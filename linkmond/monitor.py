@@ -191,7 +191,8 @@ class Monitor:
                         current = self._current
                     else:
                         self._apply(mtype, buf, start, end, current.emit, True, t_ns)
-                elif pid == 0:
+                else:
+                    # a notification (its pid is the portid of whoever made the change)
                     self._apply(mtype, buf, start, end, True, False, t_ns)
         except DecodeError as exc:
             self.stats.malformed += 1

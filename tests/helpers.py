@@ -141,7 +141,7 @@ class Daemon:
         """Make a distinctive change and wait for its event: everything the kernel announced
         before it has then been processed (events are written in order)."""
         name = f"bar{uuid.uuid4().hex[:8]}"
-        self.ns.ip("link", "add", name, "type", "dummy")
+        self.ns.ip("link", "add", name, "type", "ifb")  # no dummy module on these kernels
         self.wait_event(
             lambda e: e["type"] == "link.added" and e["subject"] == name, what=f"barrier {name}"
         )

@@ -1,0 +1,309 @@
+"""Configuration (DESIGN §5): human sizes and durations, strict keys with their key path, and
+``check-config`` turning every problem into one line on stderr with exit status 78."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from linkmond import config as config_mod
+from linkmond.config import (
+    EX_CONFIG,
+    ConfigError,
+    ConsoleSinkConfig,
+    FileSinkConfig,
+    load_config,
+    parse_config,
+)
+from tests.helpers import ROOT
+
+CONSOLE = '[sinks.out]\ntype = "console"\n'
+
+
+def problems(text: str) -> dict[str, str]:
+    """The ``{key path: reason}`` of the ConfigError that ``text`` must raise."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "test.toml")
+    return dict(info.value.problems)
+
+
+def linkmond(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """``python -m linkmond ARGS`` as a subprocess; no root needed for these commands."""
+    return subprocess.run(
+        [sys.executable, "-m", "linkmond", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
+
+
+# -- human sizes and durations ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ('"16MiB"', 16 * 1024**2),
+        ('"1KiB"', 1024),
+        ('"2MB"', 2_000_000),
+        ('"1GiB"', 1024**3),
+        ('"512"', 512),
+        ("4096", 4096),
+    ],
+)
+def test_receive_buffer_accepts_human_sizes(text: str, size: int) -> None:
+    config = parse_config(f"[monitor]\nreceive_buffer = {text}\n{CONSOLE}")
+    assert config.monitor.receive_buffer == size
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [('"2s"', 2.0), ('"500ms"', 0.5), ('"1m"', 60.0), ('"1.5s"', 1.5), ("3", 3.0)],
+)
+def test_durations_accept_ms_s_and_minutes(text: str, seconds: float) -> None:
+    config = parse_config(
+        f'[daemon]\ndrain_timeout = {text}\n\n[sinks.out]\ntype = "console"\nhold_down = {text}\n'
+    )
+    assert config.daemon.drain_timeout == pytest.approx(seconds)
+    assert config.sinks["out"].hold_down == pytest.approx(seconds)
+
+
+def test_a_size_that_is_not_a_size_is_rejected_at_its_key() -> None:
+    found = problems(f'[monitor]\nreceive_buffer = "16 parsecs"\n{CONSOLE}')
+    assert list(found) == ["monitor.receive_buffer"]
+    assert "16 parsecs" in found["monitor.receive_buffer"]
+
+
+@pytest.mark.parametrize("value", ['"soon"', '"-2s"', '"2 fortnights"', "true"])
+def test_a_bad_duration_is_rejected_at_its_key(value: str) -> None:
+    found = problems(f'[sinks.out]\ntype = "console"\nhold_down = {value}\n')
+    assert list(found) == ["sinks.out.hold_down"]
+
+
+# -- unknown keys are errors, with their key path -------------------------------------------------
+
+
+def test_unknown_top_level_key_is_rejected() -> None:
+    found = problems(f"colour = true\n{CONSOLE}")
+    assert list(found) == ["colour"]
+    assert "unknown key" in found["colour"]
+
+
+def test_unknown_monitor_key_is_rejected_with_its_path() -> None:
+    found = problems(f'[monitor]\ninterfacse = ["eth*"]\n{CONSOLE}')
+    assert list(found) == ["monitor.interfacse"]
+    assert "unknown key" in found["monitor.interfacse"]
+
+
+def test_typo_inside_a_sink_names_the_sink_and_the_key() -> None:
+    found = problems('[sinks.x]\ntype = "file"\npath = "/tmp/x.jsonl"\npathh = "/tmp/y"\n')
+    assert list(found) == ["sinks.x.pathh"]
+    assert "unknown key" in found["sinks.x.pathh"]
+
+
+def test_key_of_another_sink_type_is_unknown_for_this_one() -> None:
+    # fsync belongs to file sinks: on a console sink it is a typo, not silently ignored
+    found = problems('[sinks.out]\ntype = "console"\nfsync = "always"\n')
+    assert list(found) == ["sinks.out.fsync"]
+
+
+def test_unknown_sink_type_is_rejected_at_the_type_key() -> None:
+    found = problems('[sinks.x]\ntype = "smtp"\n')
+    assert list(found) == ["sinks.x.type"]
+    assert "smtp" in found["sinks.x.type"]
+    assert "console" in found["sinks.x.type"]
+    assert "file" in found["sinks.x.type"]
+
+
+def test_sink_without_type_is_rejected_at_the_type_key() -> None:
+    found = problems('[sinks.x]\npath = "/tmp/x.jsonl"\n')
+    assert list(found) == ["sinks.x.type"]
+    assert "missing" in found["sinks.x.type"]
+
+
+def test_file_sink_without_path_names_sinks_x_path() -> None:
+    found = problems('[sinks.x]\ntype = "file"\n')
+    assert list(found) == ["sinks.x.path"]
+    assert "missing" in found["sinks.x.path"]
+
+
+def test_bad_enum_value_is_rejected_with_the_allowed_values() -> None:
+    found = problems('[sinks.x]\ntype = "file"\npath = "/tmp/x"\nfsync = "sometimes"\n')
+    assert list(found) == ["sinks.x.fsync"]
+    assert "never" in found["sinks.x.fsync"]
+    assert "always" in found["sinks.x.fsync"]
+
+
+def test_every_problem_of_a_file_is_reported_at_once() -> None:
+    text = (
+        '[monitor]\nreceive_bufer = "1MiB"\n\n'
+        '[sinks.x]\ntype = "file"\npathh = "/tmp/x"\n\n'
+        '[sinks.y]\ntype = "smtp"\n'
+    )
+    found = problems(text)
+    assert set(found) == {"monitor.receive_bufer", "sinks.x.pathh", "sinks.x.path", "sinks.y.type"}
+
+
+# -- whole-file problems ------------------------------------------------------------------------
+
+
+def test_invalid_toml_is_a_config_error_naming_the_file() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config('[sinks.x\ntype = "console"\n', "broken.toml")
+    assert info.value.path == "broken.toml"
+    assert "invalid TOML" in str(info.value)
+    assert str(info.value).startswith("broken.toml: ")
+
+
+def test_a_config_without_sinks_is_rejected() -> None:
+    found = problems('[monitor]\ninterfaces = ["*"]\n')
+    assert list(found) == ["sinks"]
+
+
+def test_explicitly_named_missing_file_is_an_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(missing)
+    assert str(info.value) == f"{missing}: no such file"
+
+
+def test_missing_default_file_means_the_built_in_console_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(config_mod, "DEFAULT_PATH", tmp_path / "absent.toml")
+    config = load_config(None)
+    assert list(config.sinks) == ["console"]
+    assert isinstance(config.sinks["console"], ConsoleSinkConfig)
+
+
+def test_load_config_reads_and_validates_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "ok.toml"
+    path.write_text(f'[sinks.events]\ntype = "file"\npath = "{tmp_path}/e.jsonl"\n')
+    sink = load_config(path).sinks["events"]
+    assert isinstance(sink, FileSinkConfig)
+    assert sink.path == tmp_path / "e.jsonl"
+    assert sink.fsync == "never"
+
+
+def test_error_message_is_file_then_key_path_then_reason() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config('[sinks.x]\ntype = "file"\n', "/etc/linkmond/linkmond.toml")
+    assert str(info.value) == "/etc/linkmond/linkmond.toml: sinks.x.path: required key is missing"
+
+
+# -- the check-config command ---------------------------------------------------------------------
+
+
+def test_check_config_of_a_bad_file_prints_one_line_per_problem_and_exits_78(
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[monitor]\nreceive_bufer = "1MiB"\n\n'
+        '[sinks.x]\ntype = "file"\npathh = "/tmp/x"\n\n'
+        '[sinks.y]\ntype = "smtp"\n'
+    )
+    result = linkmond("check-config", "-c", str(bad))
+    assert result.returncode == EX_CONFIG == 78
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    expected = {
+        "monitor.receive_bufer": "unknown key",
+        "sinks.x.pathh": "unknown key",
+        "sinks.x.path": "required key is missing",
+        "sinks.y.type": "unknown sink type 'smtp'",
+    }
+    assert len(lines) == len(expected), result.stderr
+    for key, reason in expected.items():
+        line = next((ln for ln in lines if f": {key}: " in ln), None)
+        assert line is not None, f"no line for {key}: {result.stderr}"
+        assert str(bad) in line
+        assert reason in line
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('[sinks.x\ntype = "console"\n', "invalid TOML"),
+        ('[monitor]\ninterfaces = ["*"]\n', "sinks: no sink configured"),
+        ('[sinks.x]\ntype = "file"\n', "sinks.x.path: required key is missing"),
+        ("sinks = 3\n", "sinks: "),
+    ],
+)
+def test_check_config_rejects_a_bad_file_in_one_line(
+    tmp_path: Path, text: str, needle: str
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    result = linkmond("check-config", "-c", str(bad))
+    assert result.returncode == 78
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert str(bad) in result.stderr
+    assert needle in result.stderr
+
+
+@pytest.mark.parametrize("make", ["missing", "directory", "not utf-8"])
+def test_check_config_of_an_unreadable_file_is_one_line(tmp_path: Path, make: str) -> None:
+    path = tmp_path / "linkmond.toml"
+    if make == "directory":
+        path.mkdir()
+    elif make == "not utf-8":
+        path.write_bytes(b"\xff\xfe[sinks]\n")
+    result = linkmond("check-config", "-c", str(path))
+    assert result.returncode == 78
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert str(path) in result.stderr
+    if make == "missing":
+        assert "no such file" in result.stderr
+
+
+def test_run_rejects_a_bad_file_before_starting(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[sinks.x]\ntype = "file"\npathh = "/tmp/x"\n')
+    result = linkmond("run", "-c", str(bad))
+    assert result.returncode == 78
+    assert "Traceback" not in result.stderr
+    assert f"{bad}: sinks.x.pathh: unknown key" in result.stderr
+    assert result.stdout == ""
+
+
+def test_check_config_of_the_shipped_config_prints_effective_json_with_defaults() -> None:
+    result = linkmond("check-config", "-c", str(ROOT / "config" / "linkmond.toml"))
+    assert result.returncode == 0, result.stderr
+    effective = json.loads(result.stdout)
+    assert effective["monitor"]["receive_buffer"] == 16 * 1024**2
+    assert effective["monitor"]["groups"] == ["link", "addr", "route", "neigh", "rule", "netconf"]
+    assert effective["daemon"]["drain_timeout"] == 5.0
+    assert effective["log"] == {"level": "info", "format": "auto"}
+    console = effective["sinks"]["console"]
+    events = effective["sinks"]["events"]
+    # defaults the shipped file does not spell out are filled in
+    assert console["type"] == "console"
+    assert console["json"] is False
+    assert console["stream"] == "stdout"
+    assert console["interfaces"] == ["*"]
+    assert console["hold_down"] == 0.0
+    assert console["queue_size"] == 10_000
+    assert events["type"] == "file"
+    assert events["path"] == "var/events.jsonl"
+    assert events["fsync"] == "interval"
+    assert events["fsync_interval"] == 1.0
+    assert events["events"] == ["*"]
+
+
+def test_check_config_output_is_valid_input_again(tmp_path: Path) -> None:
+    """The effective config is itself a valid config (as JSON values, re-read as TOML data)."""
+    result = linkmond("check-config", "-c", str(ROOT / "config" / "linkmond.toml"))
+    assert result.returncode == 0, result.stderr
+    effective = json.loads(result.stdout)
+    again = config_mod.Config.model_validate(effective)
+    assert again.effective() == effective
