@@ -2,7 +2,8 @@
 
 Builds N RTM_NEWROUTE messages (IPv6 /128s from 2001:db8::/32, the shape the kernel sends)
 with struct, then feeds them to a Monitor one datagram at a time, as the socket reader does,
-publishing into an asyncio.Queue like the fan-out. Reports events/s on one core.
+publishing through the real fan-out filters into a sink's bounded queue (the sink itself
+does not run). Reports events/s on one core.
 
     .venv/bin/python bench/hot_path.py --messages 200000 [--profile]
 
@@ -25,8 +26,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from linkmond import rtnl
-from linkmond.events import Event, EventFactory
+from linkmond.config import FileSinkConfig
+from linkmond.events import EventFactory
+from linkmond.fanout import SinkWorker
 from linkmond.monitor import Monitor
+from linkmond.sinks.file import FileSink
 
 
 def nla(atype: int, payload: bytes) -> bytes:
@@ -48,8 +52,9 @@ def route_message(i: int, ifindex: int = 2) -> bytes:
 
 
 async def run(n: int, profile: bool) -> dict[str, float]:
-    queue: asyncio.Queue[Event] = asyncio.Queue()
-    monitor = Monitor(EventFactory("/linkmond/bench", "bench"), queue.put_nowait)
+    options = FileSinkConfig(type="file", path=Path("/dev/null"), queue_size=n)
+    worker = SinkWorker("bench", FileSink(options.path), options)
+    monitor = Monitor(EventFactory("/linkmond/bench", "bench"), worker.offer)
     datagrams = [route_message(i) for i in range(n)]
     buf = bytearray(1 << 16)
     view = memoryview(buf)
@@ -65,7 +70,7 @@ async def run(n: int, profile: bool) -> dict[str, float]:
     if prof:
         prof.disable()
         pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(15)
-    assert queue.qsize() == n, queue.qsize()
+    assert len(worker.queue) == n, len(worker.queue)
     return {
         "messages": n,
         "seconds": round(elapsed, 3),

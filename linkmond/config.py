@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from linkmond import rtnl
 
@@ -99,6 +99,12 @@ class DaemonConfig(_Strict):
     drain_timeout: Duration = 5.0
 
 
+def _no_hold_down_yet(value: float) -> float:
+    if value:
+        raise ValueError("hold_down is not implemented yet (planned with the webhook sink)")
+    return value
+
+
 class SinkBase(_Strict):
     """Options every sink accepts, applied by the shared fan-out before the sink sees an event."""
 
@@ -106,8 +112,8 @@ class SinkBase(_Strict):
     events: list[str] = Field(default_factory=lambda: ["*"])
     #: globs on the interface name; events not bound to an interface always pass
     interfaces: list[str] = Field(default_factory=lambda: ["*"])
-    #: flap damping for carrier_lost/admin_down (0: off)
-    hold_down: Duration = 0.0
+    #: flap damping for carrier_lost/admin_down (0: off); not implemented yet, so refused
+    hold_down: Annotated[Duration, AfterValidator(_no_hold_down_yet)] = 0.0
     #: events buffered for this sink before new ones are dropped (and counted)
     queue_size: int = Field(default=10_000, ge=1)
 

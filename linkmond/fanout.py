@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
@@ -27,6 +28,39 @@ log = structlog.get_logger("linkmond.fanout")
 BATCH_MAX: Final = 512
 RETRY_INITIAL: Final = 0.2
 RETRY_MAX: Final = 30.0
+
+
+class EventQueue:
+    """A bounded FIFO for one sink: ``put`` never awaits (it refuses when full), the worker
+    takes batches. Lighter than asyncio.Queue, whose per-put bookkeeping shows in a storm."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._items: deque[Event] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, event: Event) -> bool:
+        """Append ``event``; False (and nothing appended) when the queue is full."""
+        if len(self._items) >= self.maxsize:
+            return False
+        self._items.append(event)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        return True
+
+    async def get_batch(self, limit: int) -> list[Event]:
+        """Wait for at least one event; return up to ``limit`` of them, oldest first."""
+        items = self._items
+        while not items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return [items.popleft() for _ in range(min(limit, len(items)))]
 
 
 @dataclass
@@ -47,10 +81,11 @@ class SinkWorker:
         self.options = options
         self.types = GlobFilter(options.events)
         self.interfaces = GlobFilter(options.interfaces)
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(options.queue_size)
+        self.queue = EventQueue(options.queue_size)
         self.counters = SinkCounters()
         self._task: asyncio.Task[None] | None = None
         self._in_flight = 0  # events of the batch being delivered, not yet through
+        self._idle = asyncio.Event()  # set while the worker waits with nothing to deliver
 
     def offer(self, event: Event) -> None:
         """Queue ``event`` if the filters let it through; count a drop if the queue is full."""
@@ -59,9 +94,7 @@ class SinkWorker:
         ifname = event.ifname
         if ifname is not None and not self.interfaces.match(ifname):
             return
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
+        if not self.queue.put(event):
             self.counters.dropped += 1
             if self.counters.dropped == 1 or self.counters.dropped % 1000 == 0:
                 log.warning(
@@ -81,16 +114,11 @@ class SinkWorker:
         self._task = asyncio.create_task(self._run(), name=f"sink:{self.name}")
 
     async def _run(self) -> None:
-        queue = self.queue
         while True:
-            batch = [await queue.get()]
-            while len(batch) < BATCH_MAX and not queue.empty():
-                batch.append(queue.get_nowait())
-            try:
-                await self._deliver(batch)
-            finally:
-                for _ in batch:
-                    queue.task_done()
+            self._idle.set()
+            batch = await self.queue.get_batch(BATCH_MAX)
+            self._idle.clear()
+            await self._deliver(batch)
 
     async def _deliver(self, batch: list[Event]) -> None:
         delay = RETRY_INITIAL
@@ -109,7 +137,7 @@ class SinkWorker:
                         "sink failed; retrying",
                         sink=self.name,
                         error=str(exc),
-                        pending=len(batch) + self.queue.qsize(),
+                        pending=len(batch) + len(self.queue),
                     )
                 failing = True
                 await asyncio.sleep(delay)
@@ -124,8 +152,11 @@ class SinkWorker:
     async def drain(self, timeout: float) -> int:
         """Wait up to ``timeout`` s for the queue to empty, then stop; returns events left."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.queue.join(), timeout)
-        left = self.queue.qsize() + self._in_flight
+            async with asyncio.timeout(timeout):
+                while len(self.queue) or not self._idle.is_set():
+                    self._idle.clear()
+                    await self._idle.wait()
+        left = len(self.queue) + self._in_flight
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -173,7 +204,7 @@ class Fanout:
                 "delivered": w.counters.delivered,
                 "dropped": w.counters.dropped,
                 "failures": w.counters.failures,
-                "queued": w.queue.qsize(),
+                "queued": len(w.queue),
             }
             for w in self.workers
         }

@@ -5,9 +5,11 @@ SIGTERM drain, SIGHUP reopen (logrotate) and one failing sink not stopping the o
 from __future__ import annotations
 
 import json
+import os
 import queue
 import random
 import re
+import select
 import signal
 import socket
 import struct
@@ -502,6 +504,77 @@ def test_stop_signal_drains_every_event_and_ends_with_daemon_stopping(
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert_envelope(events[-1], ns.name)
     assert "Traceback" not in daemon.stderr()
+
+
+def _read_fifo_until(
+    fd: int, buf: bytearray, done: Callable[[bytes], bool], timeout: float
+) -> None:
+    """Read the (non-blocking) FIFO ``fd`` into ``buf`` until ``done(buf)`` or end of file."""
+    deadline = time.monotonic() + timeout
+    while not done(bytes(buf)):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out reading the FIFO; got {len(buf)} bytes")
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return  # every writer closed it
+            buf += chunk
+
+
+@pytest.mark.netns
+def test_sigterm_drains_a_backlog_queued_behind_a_stalled_sink(
+    ns: NetNS, daemon_factory, tmp_path: Path
+) -> None:
+    """The events file is a FIFO nobody reads while the changes happen: the pipe fills, the
+    sink's writes block and the rest waits in its queue. After SIGTERM the reader comes back,
+    and every event must still arrive, followed by daemon.stopping, before the exit."""
+    fifo = tmp_path / "events.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so the daemon's open() need not wait
+    # our own writer end keeps the FIFO from reading as end-of-file before the daemon opens it
+    holder = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        daemon: Daemon = daemon_factory(
+            config=default_config(fifo, extra='\n[daemon]\ndrain_timeout = "20s"\n'),
+            start=False,
+        )
+        daemon.start(wait_started=False)
+        got = bytearray()
+        _read_fifo_until(reader, got, lambda b: b"daemon.started" in b, timeout=15)
+
+        kind = device_kind(ns)
+        names = [f"lmq{i}" for i in range(2000)]  # ~1 MB of JSON: far more than a pipe holds
+        subprocess.run(
+            ["ip", "-n", ns.name, "-batch", "-"],
+            input="".join(f"link add {name} type {kind}\n" for name in names),
+            text=True,
+            check=True,
+        )
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGTERM)
+        _read_fifo_until(
+            reader, got, lambda b: b"daemon.stopping" in b and b.endswith(b"\n"), timeout=30
+        )
+        assert daemon.proc.wait(15) == 0, daemon.stderr()[-2000:]
+        os.close(holder)
+        holder = -1
+        _read_fifo_until(reader, got, lambda b: False, timeout=5)  # nothing after: end of file
+    finally:
+        if holder >= 0:
+            os.close(holder)
+        os.close(reader)
+
+    events = [json.loads(line) for line in got.decode().splitlines()]
+    added = {e["subject"] for e in events if e["type"] == "link.added"}
+    missing = [name for name in names if name not in added]
+    assert not missing, f"{len(missing)} events lost in the drain, e.g. {missing[:5]}"
+    assert events[0]["type"] == "daemon.started"
+    assert events[-1]["type"] == "daemon.stopping"
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    # the backlog was real: when daemon.stopping was made, most events were not yet written
+    assert events[-1]["data"]["sinks"]["file"]["delivered"] < len(names)
 
 
 @pytest.mark.netns
