@@ -19,7 +19,7 @@ from linkmond.config import Config
 from linkmond.events import EventFactory
 from linkmond.fanout import Fanout, SinkWorker
 from linkmond.filters import GlobFilter
-from linkmond.monitor import Monitor
+from linkmond.monitor import Monitor, tune_gc
 from linkmond.sinks import Sink, build_sink
 from linkmond.source import current_netns_name
 
@@ -74,6 +74,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         await self.fanout.start()
         await self.monitor.start()
+        tune_gc()
         counts = self.monitor.state.counts()
         sock = self.monitor.sock
         self.fanout.publish(

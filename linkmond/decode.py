@@ -25,6 +25,7 @@ Obj = dict[str, Any]
 Decoded = tuple[str, Hashable, Obj | None]
 Decoder = Callable[[Buffer, int, int, bool], Decoded | None]
 
+_inet_ntop: Final = socket.inet_ntop
 _NLMSGHDR: Final = struct.Struct("=IHHII")
 _NLA: Final = struct.Struct("=HH")
 _IFINFOMSG: Final = struct.Struct("=BxHiII")
@@ -38,16 +39,6 @@ _I32: Final = struct.Struct("=i")
 _TIMEVAL: Final = struct.Struct("=II")
 
 NLMSGHDR_LEN: Final = _NLMSGHDR.size
-# module-level copies: a global lookup is cheaper than rtnl.X on the hot path
-_RTA_DST: Final = rtnl.RTA_DST
-_RTA_SRC: Final = rtnl.RTA_SRC
-_RTA_OIF: Final = rtnl.RTA_OIF
-_RTA_GATEWAY: Final = rtnl.RTA_GATEWAY
-_RTA_PRIORITY: Final = rtnl.RTA_PRIORITY
-_RTA_PREFSRC: Final = rtnl.RTA_PREFSRC
-_RTA_MULTIPATH: Final = rtnl.RTA_MULTIPATH
-_RTA_TABLE: Final = rtnl.RTA_TABLE
-_RTA_VIA: Final = rtnl.RTA_VIA
 
 
 class DecodeError(ValueError):
@@ -75,19 +66,6 @@ def split_messages(
         raise DecodeError(f"{end_all - off} stray bytes after the last message")
 
 
-def _attrs(buf: Buffer, pos: int, end: int) -> dict[int, tuple[int, int]]:
-    """Attribute type → (value start, value end) for the attributes in ``buf[pos:end]``."""
-    found: dict[int, tuple[int, int]] = {}
-    unpack = _NLA.unpack_from
-    while pos + 4 <= end:
-        alen, atype = unpack(buf, pos)
-        if alen < 4 or pos + alen > end:
-            raise DecodeError(f"attribute length {alen} at {pos} overruns its message")
-        found[atype & 0x3FFF] = (pos + 4, pos + alen)
-        pos += (alen + 3) & ~3
-    return found
-
-
 def _u32(buf: Buffer, start: int, end: int) -> int:
     if end - start < 4:
         raise DecodeError("attribute too short for a u32")
@@ -100,7 +78,7 @@ def _cstr(buf: Buffer, start: int, end: int) -> str:
 
 
 def _ip(family: int, buf: Buffer, start: int, end: int) -> str:
-    return socket.inet_ntop(family, bytes(buf[start:end]))
+    return _inet_ntop(family, buf[start:end])
 
 
 def _mac(buf: Buffer, start: int, end: int) -> str | None:
@@ -244,28 +222,44 @@ def decode_route(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | No
     family, dst_len, src_len, tos, table, proto, scope, rtype, rflags = _RTMSG.unpack_from(buf, off)
     if family not in rtnl.FAMILY_NAMES or rflags & rtnl.RTM_F_CLONED:
         return None
-    attrs = _attrs(buf, off + 12, end)
-    ip = _ip
-    span = attrs.get(_RTA_DST)
-    dst = None if span is None else ip(family, buf, *span)
-    span = attrs.get(_RTA_GATEWAY)
-    gateway = None if span is None else ip(family, buf, *span)
-    span = attrs.get(_RTA_OIF)
-    oif = 0 if span is None else _u32(buf, *span)
-    span = attrs.get(_RTA_PRIORITY)
-    metric = 0 if span is None else _u32(buf, *span)
-    span = attrs.get(_RTA_TABLE)
-    if span is not None:
-        table = _u32(buf, *span)
-    span = attrs.get(_RTA_PREFSRC)
-    prefsrc = None if span is None else ip(family, buf, *span)
-    span = attrs.get(_RTA_SRC)
-    src = None if span is None else ip(family, buf, *span)
-    span = attrs.get(_RTA_MULTIPATH)
-    nexthops = None if span is None else _nexthops(family, buf, *span)
-    span = attrs.get(_RTA_VIA)
-    if span is not None:
-        gateway = _via(buf, *span)
+    dst = src = gateway = prefsrc = None
+    nexthops = None
+    oif = metric = 0
+    # one pass over the attributes; the literals are RTA_* numbers (rtnl.RTA_DST is 1, ...)
+    # because a module attribute lookup per comparison shows in a route storm
+    unpack = _NLA.unpack_from
+    u32 = _U32.unpack_from
+    ntop = _inet_ntop
+    pos = off + 12
+    while pos + 4 <= end:
+        alen, atype = unpack(buf, pos)
+        vend = pos + alen
+        if alen < 4 or vend > end:
+            raise DecodeError(f"attribute length {alen} at {pos} overruns its message")
+        atype &= 0x3FFF
+        if atype == 1:  # RTA_DST
+            dst = ntop(family, buf[pos + 4 : vend])
+        elif atype in {4, 6, 15}:  # RTA_OIF, RTA_PRIORITY, RTA_TABLE
+            if alen < 8:
+                raise DecodeError("attribute too short for a u32")
+            value = u32(buf, pos + 4)[0]
+            if atype == 4:
+                oif = value
+            elif atype == 6:
+                metric = value
+            else:
+                table = value
+        elif atype == 5:  # RTA_GATEWAY
+            gateway = ntop(family, buf[pos + 4 : vend])
+        elif atype == 7:  # RTA_PREFSRC
+            prefsrc = ntop(family, buf[pos + 4 : vend])
+        elif atype == 2:  # RTA_SRC
+            src = ntop(family, buf[pos + 4 : vend])
+        elif atype == 9:  # RTA_MULTIPATH
+            nexthops = _nexthops(family, buf, pos + 4, vend)
+        elif atype == 18:  # RTA_VIA
+            gateway = _via(buf, pos + 4, vend)
+        pos += (alen + 3) & ~3
     dst_s = "default" if dst is None and dst_len == 0 else f"{dst or _zero(family)}/{dst_len}"
     src_s = None if src is None else f"{src}/{src_len}"
     table_s = rtnl.TABLE_NAMES.get(table) or str(table)

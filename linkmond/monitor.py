@@ -14,6 +14,8 @@ re-dumps routes and neighbours, which the kernel removes without telling anyone.
 from __future__ import annotations
 
 import asyncio
+import gc
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -23,7 +25,7 @@ from typing import Any, Final
 import structlog
 
 from linkmond import rtnl
-from linkmond.decode import DecodeError, decode, read_errno, read_timestamp, split_messages
+from linkmond.decode import DECODERS, DecodeError, read_errno, read_timestamp, split_messages
 from linkmond.events import Event, EventFactory
 from linkmond.filters import GlobFilter
 from linkmond.source import READ_SIZE, NetlinkSocket, is_overflow
@@ -41,6 +43,19 @@ _TABLE_GROUPS: Final = {table: rtnl.GROUPS[table] for table in TABLES}
 _RECONCILE_AFTER: Final = frozenset({"link.admin_down", "link.removed", "addr.removed"})
 #: How often a dump flagged NLM_F_DUMP_INTR is tried before its result is taken as it is.
 MAX_DUMP_ATTEMPTS: Final = 3
+
+
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector off the hot path.
+
+    The cache holds one dict per route (a BGP table is ~1M); CPython's default thresholds
+    make the collector walk them again and again during a storm (~20% of the CPU per event
+    in bench/hot_path.py). Objects alive after the initial dump are frozen out of collection,
+    and young collections run less often. Called once the cache is filled.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 @dataclass
@@ -134,10 +149,11 @@ class Monitor:
         await self._ready
 
     def stop(self) -> None:
-        """Stop reading and close the socket."""
+        """Process what the kernel has already queued on the socket, then close it."""
         if self.sock is not None:
             if self._loop is not None:
                 self._loop.remove_reader(self.sock.fileno())
+            self._on_readable()  # reads until EAGAIN (or the budget): nothing queued is lost
             self.sock.close()
             self.sock = None
 
@@ -170,6 +186,8 @@ class Monitor:
         """
         current = self._current
         portid = self.sock.portid if self.sock is not None else -1
+        if not isinstance(buf, bytes):
+            buf = bytes(buf[:length])  # one copy per datagram; slicing bytes is then cheap
         try:
             for mtype, mflags, seq, pid, start, end in split_messages(buf, length):
                 self.stats.messages += 1
@@ -201,9 +219,12 @@ class Monitor:
     def _apply(
         self, mtype: int, buf: Any, start: int, end: int, emit: bool, resync: bool, t_ns: int | None
     ) -> None:
+        entry = DECODERS.get(mtype)
+        if entry is None:
+            return
         try:
-            decoded = decode(mtype, buf, start, end)
-        except DecodeError as exc:
+            decoded = entry[0](buf, start, end, entry[1])
+        except (DecodeError, struct.error, IndexError, ValueError, OSError) as exc:
             self.stats.malformed += 1
             log.warning("malformed netlink message skipped", type=mtype, error=str(exc))
             return
