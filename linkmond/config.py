@@ -9,12 +9,22 @@ the problem; the CLI turns that into one line on stderr and exit status 78 (EX_C
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from linkmond import rtnl
 
@@ -99,6 +109,13 @@ class DaemonConfig(_Strict):
     drain_timeout: Duration = 5.0
 
 
+def _http_url(value: str) -> str:
+    parsed = urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    return value
+
+
 def _no_hold_down_yet(value: float) -> float:
     if value:
         raise ValueError("hold_down is not implemented yet (planned with the webhook sink)")
@@ -135,7 +152,58 @@ class FileSinkConfig(SinkBase):
     fsync_interval: Duration = 1.0
 
 
-SinkConfig = Annotated[ConsoleSinkConfig | FileSinkConfig, Field(discriminator="type")]
+class JournalSinkConfig(SinkBase):
+    """``type = "journal"``: the systemd journal's native protocol (DESIGN §7)."""
+
+    type: Literal["journal"]
+    #: journald's native socket; tests point it at a private journald
+    socket: Path = Path("/run/systemd/journal/socket")
+    #: event-type glob → syslog priority (0-7), overriding the built-in 4/6 split
+    priorities: dict[str, Annotated[int, Field(ge=0, le=7)]] = Field(default_factory=dict)
+
+
+class HeaderFromEnv(_Strict):
+    """A header value read from an environment variable at start-up."""
+
+    env: str
+
+
+class HeaderFromFile(_Strict):
+    """A header value read from a file at start-up (trailing newline stripped)."""
+
+    file: Path
+
+
+class WebhookSinkConfig(SinkBase):
+    """``type = "webhook"``: signed POSTs with a durable spool (DESIGN §7, issue 4)."""
+
+    type: Literal["webhook"]
+    url: Annotated[str, AfterValidator(_http_url)]
+    #: the Standard Webhooks secret (``whsec_…``) comes from a file or the environment,
+    #: never from the TOML itself
+    secret_file: Path | None = None
+    secret_env: str | None = None
+    headers: dict[str, str | HeaderFromEnv | HeaderFromFile] = Field(default_factory=dict)
+    format: Literal["cloudevents", "text"] = "cloudevents"
+    timeout: Duration = 10.0
+    retry_initial: Duration = 1.0
+    max_retry_delay: Duration = 300.0
+    max_age: Duration = 86400.0
+    max_spool: int = Field(default=100_000, ge=1)
+    ca_file: Path | None = None
+    tls_verify: bool = True
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> WebhookSinkConfig:
+        if (self.secret_file is None) == (self.secret_env is None):
+            raise ValueError("set exactly one of secret_file or secret_env")
+        return self
+
+
+SinkConfig = Annotated[
+    ConsoleSinkConfig | FileSinkConfig | JournalSinkConfig | WebhookSinkConfig,
+    Field(discriminator="type"),
+]
 
 
 class Config(_Strict):
@@ -145,6 +213,11 @@ class Config(_Strict):
     log: LogConfig = Field(default_factory=LogConfig)
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     sinks: dict[str, SinkConfig] = Field(default_factory=dict)
+
+    def state_directory(self) -> Path:
+        """Where durable state lives: systemd's ``$STATE_DIRECTORY`` (its first entry) wins."""
+        from_systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        return Path(from_systemd) if from_systemd else self.daemon.state_directory
 
     def effective(self) -> dict[str, Any]:
         """The config with every default filled in, as ``check-config`` prints it."""
@@ -210,15 +283,17 @@ def _describe(err: Any, raw: dict[str, Any]) -> tuple[str, str]:
             del loc[2]
     key = ".".join(str(part) for part in loc)
     kind = err["type"]
-    if kind == "extra_forbidden":
-        return key, "unknown key (not a setting of linkmond; a typo?)"
     if kind == "missing":
         return key, "required key is missing"
     if kind == "union_tag_invalid":
         tags = err.get("ctx", {}).get("expected_tags", "")
         return f"{key}.type", f"unknown sink type {err['input'].get('type')!r} (expected {tags})"
     if kind == "union_tag_not_found":
-        return f"{key}.type", "required key is missing (console or file)"
+        return f"{key}.type", "required key is missing (console, file, journal or webhook)"
+    if kind == "extra_forbidden" and loc[-1] == "secret":
+        return key, "secrets never go in the config file: use secret_file or secret_env"
+    if kind == "extra_forbidden":
+        return key, "unknown key (not a setting of linkmond; a typo?)"
     message = str(err["msg"])
     message = message.removeprefix("Value error, ")
     return key, message

@@ -36,7 +36,10 @@ class Daemon:
         built = (
             sinks
             if sinks is not None
-            else {name: build_sink(name, options) for name, options in config.sinks.items()}
+            else {
+                name: build_sink(name, options, config.state_directory())
+                for name, options in config.sinks.items()
+            }
         )
         self.fanout = Fanout(
             SinkWorker(name, sink, config.sinks[name]) for name, sink in built.items()
