@@ -14,6 +14,7 @@ re-dumps routes and neighbours, which the kernel removes without telling anyone.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import struct
 import time
@@ -43,6 +44,8 @@ _TABLE_GROUPS: Final = {table: rtnl.GROUPS[table] for table in TABLES}
 _RECONCILE_AFTER: Final = frozenset({"link.admin_down", "link.removed", "addr.removed"})
 #: How often a dump flagged NLM_F_DUMP_INTR is tried before its result is taken as it is.
 MAX_DUMP_ATTEMPTS: Final = 3
+#: A dump that sends nothing for this long is stalled in the kernel (see _reset_socket).
+DUMP_STALL_SECONDS: Final = 2.0
 
 
 def tune_gc() -> None:
@@ -87,6 +90,7 @@ class _Dump:
     attempt: int = 1
     seq: int = 0
     interrupted: bool = False
+    parts: int = 0  # messages received so far, for the stall watchdog
 
 
 class Monitor:
@@ -131,22 +135,50 @@ class Monitor:
 
         Subscribing first means nothing that happens during the dump is missed.
         """
-        groups = [g for t in self.tables for g in _TABLE_GROUPS[t]]
-        self.sock = NetlinkSocket(groups, self.receive_buffer)
-        if self.receive_buffer and self.sock.receive_buffer < self.receive_buffer:
+        self._loop = asyncio.get_running_loop()
+        self._ready = self._loop.create_future()
+        self._open_socket()
+        if self.sock is not None and self.receive_buffer > self.sock.receive_buffer:
             log.warning(
                 "receive buffer capped by net.core.rmem_max",
                 requested=self.receive_buffer,
                 effective=self.sock.receive_buffer,
                 hint="run with CAP_NET_ADMIN, or raise net.core.rmem_max",
             )
-        self._loop = asyncio.get_running_loop()
-        self._ready = self._loop.create_future()
         for table in self.tables:
             self._dumps.append(_Dump(table, emit=False))
-        self._loop.add_reader(self.sock.fileno(), self._on_readable)
         self._next_dump()
         await self._ready
+
+    def _open_socket(self) -> None:
+        groups = [g for t in self.tables for g in _TABLE_GROUPS[t]]
+        self.sock = NetlinkSocket(groups, self.receive_buffer)
+        assert self._loop is not None
+        self._loop.add_reader(self.sock.fileno(), self._on_readable)
+
+    def _reset_socket(self, why: str) -> None:
+        """Replace the socket and re-dump everything: the way out of a dump the kernel stalled.
+
+        A dump that met a full receive buffer can stay "running" in the kernel without ever
+        sending another part (it only resumes inside a later read). A new socket, subscribed
+        before the old one closes, and a full resync lose nothing.
+        """
+        log.warning("resetting the netlink socket", reason=why)
+        old = self.sock
+        self._current = None
+        self._dumps.clear()
+        for table in TABLES:
+            self.state.abort_resync(table)
+        self._open_socket()
+        if old is not None:
+            assert self._loop is not None
+            self._loop.remove_reader(old.fileno())
+            old.close()
+        carried = self._overflow_events or 0  # a re-dump round cut short: count it in the next
+        self._overflow_events = None
+        self._on_overflow()
+        if self._overflow_events is not None:
+            self._overflow_events += carried
 
     def stop(self) -> None:
         """Process what the kernel has already queued on the socket, then close it."""
@@ -177,6 +209,8 @@ class Monitor:
                 self._on_overflow()
                 continue
             self.feed(view, n)
+            if self.sock is not sock:
+                return  # replaced while processing (see _reset_socket); the new one has a reader
 
     def feed(self, buf: Any, length: int, t_ns: int | None = None, *, replay: bool = False) -> None:
         """Process one datagram (or, in replay, a stream of messages) of ``length`` bytes.
@@ -199,6 +233,7 @@ class Monitor:
                         mtype, buf, start, end, not (mflags & rtnl.NLM_F_MULTI), False, t_ns
                     )
                 elif current is not None and pid == portid and seq == current.seq:
+                    current.parts += 1
                     if mflags & rtnl.NLM_F_DUMP_INTR:
                         current.interrupted = True
                     if mtype == rtnl.NLMSG_DONE:
@@ -284,8 +319,23 @@ class Monitor:
         self.state.begin_resync(dump.table)
         dump.seq = self.sock.request_dump(dump.table)
         self._current = dump
+        if self._loop is not None:
+            self._loop.call_later(DUMP_STALL_SECONDS, self._check_dump, dump, -1)
+
+    def _check_dump(self, dump: _Dump, parts_before: int) -> None:
+        if self._current is not dump or self.sock is None:
+            return
+        if dump.parts == parts_before:
+            self._reset_socket(f"{dump.table} dump stalled")
+        elif self._loop is not None:
+            self._loop.call_later(DUMP_STALL_SECONDS, self._check_dump, dump, dump.parts)
 
     def _dump_done(self, dump: _Dump, error: int) -> None:
+        if error in (-errno.ENOBUFS, -errno.EBUSY):
+            # notifications filled the receive buffer as the dump began: the kernel may keep
+            # it half-started on this socket, so start over on a fresh one
+            self._reset_socket(f"{dump.table} dump failed: {errno.errorcode[-error]}")
+            return
         if error:
             log.error("dump refused by the kernel", table=dump.table, errno=-error)
             self.state.abort_resync(dump.table)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import Daemon, NetNS, default_config
+from tests.helpers import Daemon, NetNS, default_config, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -21,12 +21,15 @@ def test_overflow_resync_reports_every_change_and_one_daemon_overflow(
     batch.write_text("".join(f"route add 2001:db8:1::{i:x}/128 dev lm0\n" for i in range(1, 2001)))
     ns.ip("-6", "-batch", str(batch))
     overflow = daemon.wait_event(lambda e: e["type"] == "daemon.overflow", what="daemon.overflow")
-    daemon.barrier()
-
-    events = daemon.events()
-    added = {e["subject"] for e in events if e["type"] == "route.added"}
     wanted = {f"2001:db8:1::{i:x}/128" for i in range(1, 2001)}
-    assert wanted <= added, f"{len(wanted - added)} routes never reported"
+
+    def missing() -> set[str]:
+        added = {e["subject"] for e in daemon.events() if e["type"] == "route.added"}
+        return wanted - added
+
+    wait_for(lambda: not missing(), timeout=20, what="every route reported")
+    daemon.barrier()
+    events = daemon.events()
     resynced = [e for e in events if e["type"] == "route.added" and e["data"]["resync"]]
     assert resynced, "an overflow lost nothing? the re-dump should have found routes"
     assert overflow["data"]["events"] >= len([e for e in resynced if e["seq"] < overflow["seq"]])
