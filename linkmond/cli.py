@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(path: Path | None) -> int:
     config = load_config(path)
     configure_logs(config.log.level, config.log.format)
-    return asyncio.run(Daemon(config).run())
+    return asyncio.run(Daemon(config, reload_config=lambda: load_config(path)).run())
 
 
 def _check_config(path: Path | None) -> int:

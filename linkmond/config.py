@@ -116,12 +116,6 @@ def _http_url(value: str) -> str:
     return value
 
 
-def _no_hold_down_yet(value: float) -> float:
-    if value:
-        raise ValueError("hold_down is not implemented yet (planned with the webhook sink)")
-    return value
-
-
 class SinkBase(_Strict):
     """Options every sink accepts, applied by the shared fan-out before the sink sees an event."""
 
@@ -129,8 +123,8 @@ class SinkBase(_Strict):
     events: list[str] = Field(default_factory=lambda: ["*"])
     #: globs on the interface name; events not bound to an interface always pass
     interfaces: list[str] = Field(default_factory=lambda: ["*"])
-    #: flap damping for carrier_lost/admin_down (0: off); not implemented yet, so refused
-    hold_down: Annotated[Duration, AfterValidator(_no_hold_down_yet)] = 0.0
+    #: flap damping: deliver carrier_lost/admin_down only if still lost after this (0: off)
+    hold_down: Duration = 0.0
     #: events buffered for this sink before new ones are dropped (and counted)
     queue_size: int = Field(default=10_000, ge=1)
 

@@ -136,6 +136,13 @@ class EventFactory:
         return event
 
 
+def with_data(event: Event, **extra: Any) -> Event:
+    """A copy of ``event`` with ``extra`` keys added to its data (and its JSON recomputed)."""
+    fields = {name: getattr(event, name) for name in Event.model_fields}
+    fields["data"] = {**event.data, **extra}
+    return Event(**fields)
+
+
 def _value(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"

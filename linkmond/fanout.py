@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
 import structlog
 
 from linkmond.config import SinkBase
-from linkmond.events import Event
+from linkmond.events import Event, with_data
 from linkmond.filters import GlobFilter
 from linkmond.sinks.base import Sink, SinkError
 
@@ -63,6 +63,62 @@ class EventQueue:
         return [items.popleft() for _ in range(min(limit, len(items)))]
 
 
+#: A loss held back by hold-down → the recovery that cancels it.
+_RECOVERY: Final = {"link.carrier_lost": "link.carrier_up", "link.admin_down": "link.admin_up"}
+
+
+class HoldDown:
+    """Flap damping for one sink: a link loss is delivered only if still lost after ``delay``.
+
+    ``link.carrier_lost`` / ``link.admin_down`` are held per link; the matching recovery
+    within ``delay`` swallows both and counts a suppressed flap. The count rides on the next
+    event delivered for that link as ``data.flaps_suppressed``. A held loss is delivered with
+    its original id, seq and time (so it arrives after events that happened later).
+    """
+
+    def __init__(self, delay: float, deliver: Callable[[Event], None]) -> None:
+        self.delay = delay
+        self.deliver = deliver
+        self.held: dict[int, tuple[Event, asyncio.TimerHandle]] = {}
+        self.flaps: dict[int, int] = {}
+
+    def offer(self, event: Event) -> None:
+        """Hold, swallow or pass ``event`` on to ``deliver``."""
+        if not event.type.startswith("link."):
+            self.deliver(event)
+            return
+        link = event.data["ifindex"]
+        held = self.held.get(link)
+        if held is not None and _RECOVERY[held[0].type] == event.type:
+            held[1].cancel()
+            del self.held[link]
+            self.flaps[link] = self.flaps.get(link, 0) + 1
+            return
+        if held is not None:  # another kind of change: the held loss has happened for real
+            self.release(link)
+        if event.type in _RECOVERY:
+            handle = asyncio.get_running_loop().call_later(self.delay, self.release, link)
+            self.held[link] = (event, handle)
+            return
+        self.deliver(self._with_flaps(event, link))
+
+    def release(self, link: int) -> None:
+        """Deliver the loss held for ``link`` now (its hold-down expired, or shutdown)."""
+        held = self.held.pop(link, None)
+        if held is not None:
+            held[1].cancel()
+            self.deliver(self._with_flaps(held[0], link))
+
+    def release_all(self) -> None:
+        """Deliver every held loss (shutdown: better late than never)."""
+        for link in list(self.held):
+            self.release(link)
+
+    def _with_flaps(self, event: Event, link: int) -> Event:
+        flaps = self.flaps.pop(link, 0)
+        return with_data(event, flaps_suppressed=flaps) if flaps else event
+
+
 @dataclass
 class SinkCounters:
     """What happened to the events offered to one sink."""
@@ -82,6 +138,7 @@ class SinkWorker:
         self.types = GlobFilter(options.events)
         self.interfaces = GlobFilter(options.interfaces)
         self.queue = EventQueue(options.queue_size)
+        self.hold_down = HoldDown(options.hold_down, self._enqueue) if options.hold_down else None
         self.counters = SinkCounters()
         self._task: asyncio.Task[None] | None = None
         self._in_flight = 0  # events of the batch being delivered, not yet through
@@ -94,6 +151,12 @@ class SinkWorker:
         ifname = event.ifname
         if ifname is not None and not self.interfaces.match(ifname):
             return
+        if self.hold_down is not None:
+            self.hold_down.offer(event)
+        else:
+            self._enqueue(event)
+
+    def _enqueue(self, event: Event) -> None:
         if not self.queue.put(event):
             self.counters.dropped += 1
             if self.counters.dropped == 1 or self.counters.dropped % 1000 == 0:
@@ -151,6 +214,8 @@ class SinkWorker:
 
     async def drain(self, timeout: float) -> int:
         """Wait up to ``timeout`` s for the queue to empty, then stop; returns events left."""
+        if self.hold_down is not None:
+            self.hold_down.release_all()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 while len(self.queue) or not self._idle.is_set():

@@ -180,6 +180,12 @@ class Monitor:
         if self._overflow_events is not None:
             self._overflow_events += carried
 
+    def set_receive_buffer(self, size: int) -> None:
+        """Change the socket's receive buffer (a reload); kept for sockets opened later."""
+        self.receive_buffer = size
+        if self.sock is not None and size:
+            self.sock.set_receive_buffer(size)
+
     def stop(self) -> None:
         """Process what the kernel has already queued on the socket, then close it."""
         if self.sock is not None:

@@ -50,7 +50,7 @@ class NetlinkSocket:
         try:
             self.requested_buffer = receive_buffer
             if receive_buffer:
-                self._set_receive_buffer(receive_buffer)
+                self.set_receive_buffer(receive_buffer)
             self.sock.bind((0, 0))
             self.portid: int = self.sock.getsockname()[0]
             for group in groups:
@@ -60,7 +60,8 @@ class NetlinkSocket:
             raise
         self._seq = 0
 
-    def _set_receive_buffer(self, size: int) -> None:
+    def set_receive_buffer(self, size: int) -> None:
+        """Ask for ``size`` bytes of receive buffer (:attr:`receive_buffer` says what was given)."""
         # SO_RCVBUFFORCE passes net.core.rmem_max but needs CAP_NET_ADMIN; without it,
         # SO_RCVBUF is silently capped at rmem_max (see receive_buffer).
         try:

@@ -77,8 +77,8 @@ class Daemon:
         self.config_path.write_text(config or default_config(self.events_path))
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait_started: bool = True) -> Daemon:
-        """Start the daemon; by default wait until it published ``daemon.started``."""
+    def start(self, wait_started: bool = True, env: dict[str, str] | None = None) -> Daemon:
+        """Start the daemon (``env`` added to ours); by default wait for ``daemon.started``."""
         self.proc = subprocess.Popen(
             [
                 "ip",
@@ -95,6 +95,7 @@ class Daemon:
             stdout=self.stdout_path.open("wb"),
             stderr=self.stderr_path.open("wb"),
             cwd=self.config_path.parent,
+            env={**os.environ, **(env or {})},
         )
         if wait_started:
             self.wait_event(lambda e: e["type"] == "daemon.started", what="daemon.started")

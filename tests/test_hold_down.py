@@ -1,0 +1,102 @@
+"""Hold-down (flap damping) in the shared fan-out: short flaps are swallowed and counted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from linkmond.events import Event, EventFactory
+from linkmond.fanout import HoldDown
+from tests.helpers import Daemon, NetNS, default_config, wait_for
+
+
+def link_event(factory: EventFactory, type_: str, ifindex: int = 3) -> Event:
+    return factory.make(type_, "lm0", {"ifindex": ifindex, "ifname": "lm0"})
+
+
+async def test_flap_shorter_than_hold_down_delivers_nothing_and_is_counted() -> None:
+    factory = EventFactory("/linkmond/t", "default")
+    delivered: list[Event] = []
+    hold = HoldDown(0.2, delivered.append)
+    hold.offer(link_event(factory, "link.carrier_lost"))
+    hold.offer(link_event(factory, "link.carrier_up"))
+    assert delivered == []
+    hold.offer(link_event(factory, "link.carrier_lost"))
+    await asyncio.sleep(0.3)  # the hold-down itself is the thing under test
+    assert [e.type for e in delivered] == ["link.carrier_lost"]
+    assert delivered[0].data["flaps_suppressed"] == 1
+    assert json.loads(delivered[0].json_line)["data"]["flaps_suppressed"] == 1
+    hold.offer(link_event(factory, "link.carrier_up"))
+    assert [e.type for e in delivered] == ["link.carrier_lost", "link.carrier_up"]
+    assert "flaps_suppressed" not in delivered[1].data
+
+
+async def test_admin_down_flap_is_swallowed_and_other_links_pass() -> None:
+    factory = EventFactory("/linkmond/t", "default")
+    delivered: list[Event] = []
+    hold = HoldDown(10, delivered.append)
+    hold.offer(link_event(factory, "link.admin_down", ifindex=3))
+    hold.offer(link_event(factory, "link.changed", ifindex=4))
+    hold.offer(factory.make("addr.added", "lm0", {"ifindex": 3}))
+    hold.offer(link_event(factory, "link.admin_up", ifindex=3))
+    assert [e.type for e in delivered] == ["link.changed", "addr.added"]
+    hold.offer(link_event(factory, "link.admin_down", ifindex=3))
+    hold.release_all()  # shutdown delivers what is still held
+    assert delivered[-1].type == "link.admin_down"
+    assert delivered[-1].data["flaps_suppressed"] == 1
+
+
+def _read(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.netns
+def test_real_flaps_with_hold_down(ns: NetNS, daemon_factory, tmp_path: Path) -> None:
+    """A 0.2 s flap delivers nothing; a 3 s loss delivers one loss after 2 s, then the recovery."""
+    ns.veth("lm0", "lm0p")
+    ns.veth("lm1", "lm1p")
+    held = tmp_path / "held.jsonl"
+    config = default_config(
+        tmp_path / "events.jsonl",
+        f'\n[sinks.held]\ntype = "file"\npath = "{held}"\nevents = ["link.*"]\nhold_down = "2s"\n',
+    )
+    daemon: Daemon = daemon_factory(config=config)
+
+    def seen(path: Path | None, type_: str, subject: str) -> list[dict]:
+        events = daemon.events() if path is None else _read(path)
+        return [e for e in events if e["type"] == type_ and e["subject"] == subject]
+
+    # a short flap on lm0: the unfiltered sink sees it, the held one must not
+    ns.ip("link", "set", "lm0p", "down")
+    daemon.wait_event(lambda e: e["type"] == "link.carrier_lost" and e["subject"] == "lm0")
+    time.sleep(0.2)  # the flap's duration: part of the scenario, not synchronisation
+    ns.ip("link", "set", "lm0p", "up")
+    daemon.wait_event(lambda e: e["type"] == "link.carrier_up" and e["subject"] == "lm0")
+
+    # a long loss on lm1, begun after lm0's flap: once the held sink has it, lm0's hold-down
+    # (which started earlier) has expired too
+    ns.ip("link", "set", "lm1p", "down")
+    lost_at = time.time()
+    wait_for(lambda: seen(held, "link.carrier_lost", "lm1"), timeout=10, what="held lm1 loss")
+    time.sleep(max(0.0, 3.0 - (time.time() - lost_at)))  # make it a 3 s loss
+    ns.ip("link", "set", "lm1p", "up")
+    wait_for(lambda: seen(held, "link.carrier_up", "lm1"), timeout=10, what="lm1 recovery")
+
+    assert seen(held, "link.carrier_lost", "lm0") == []
+    assert seen(held, "link.carrier_up", "lm0") == []
+    lm1 = [e for e in _read(held) if e["subject"] == "lm1" and e["type"].startswith("link.carrier")]
+    assert [e["type"] for e in lm1] == ["link.carrier_lost", "link.carrier_up"]
+    # the held sink delivered the very same event, only later
+    unheld = seen(None, "link.carrier_lost", "lm1")[0]
+    assert lm1[0]["id"] == unheld["id"]
+
+    # the swallowed flap is reported on lm0's next delivered event
+    ns.ip("link", "set", "lm0", "mtu", "1400")
+    changed = wait_for(lambda: seen(held, "link.changed", "lm0"), timeout=10, what="lm0 mtu")
+    assert changed[0]["data"]["flaps_suppressed"] == 1
