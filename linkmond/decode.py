@@ -66,10 +66,49 @@ def split_messages(
         raise DecodeError(f"{end_all - off} stray bytes after the last message")
 
 
+class _Attrs(dict[int, tuple[int, int]]):
+    """Attribute type → (value start, value end) of one message, with typed getters."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self, buf: Buffer, pos: int, end: int) -> None:
+        super().__init__()
+        self.buf = buf
+        unpack = _NLA.unpack_from
+        while pos + 4 <= end:
+            alen, atype = unpack(buf, pos)
+            if alen < 4 or pos + alen > end:
+                raise DecodeError(f"attribute length {alen} at {pos} overruns its message")
+            self[atype & 0x3FFF] = (pos + 4, pos + alen)
+            pos += (alen + 3) & ~3
+
+    def u32(self, atype: int, default: int = 0) -> int:
+        span = self.get(atype)
+        return default if span is None else _u32(self.buf, *span)
+
+    def ip(self, atype: int, family: int) -> str | None:
+        span = self.get(atype)
+        return None if span is None else _ip(family, self.buf, *span)
+
+    def text(self, atype: int) -> str | None:
+        span = self.get(atype)
+        return None if span is None else _cstr(self.buf, *span)
+
+    def mac(self, atype: int) -> str | None:
+        span = self.get(atype)
+        return None if span is None else _mac(self.buf, *span)
+
+
 def _u32(buf: Buffer, start: int, end: int) -> int:
     if end - start < 4:
         raise DecodeError("attribute too short for a u32")
     return int(_U32.unpack_from(buf, start)[0])
+
+
+def _i32(buf: Buffer, start: int, end: int) -> int:
+    if end - start < 4:
+        raise DecodeError("attribute too short for an s32")
+    return int(_I32.unpack_from(buf, start)[0])
 
 
 def _cstr(buf: Buffer, start: int, end: int) -> str:
@@ -96,36 +135,13 @@ def decode_link(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | Non
         return None
     if deleted:
         return "link", index, None
-    ifname = ""
-    mtu = 0
-    mac: str | None = None
-    master = 0
-    operstate = 0
-    kind: str | None = None
-    pos = off + 16
-    unpack = _NLA.unpack_from
-    while pos + 4 <= end:
-        alen, atype = unpack(buf, pos)
-        if alen < 4:
-            raise DecodeError("zero-length attribute")
-        atype &= 0x3FFF
-        vstart = pos + 4
-        vend = pos + alen
-        if vend > end:
-            raise DecodeError("attribute overruns message")
-        if atype == rtnl.IFLA_IFNAME:
-            ifname = _cstr(buf, vstart, vend)
-        elif atype == rtnl.IFLA_MTU:
-            mtu = _u32(buf, vstart, vend)
-        elif atype == rtnl.IFLA_ADDRESS:
-            mac = _mac(buf, vstart, vend)
-        elif atype == rtnl.IFLA_MASTER:
-            master = _u32(buf, vstart, vend)
-        elif atype == rtnl.IFLA_OPERSTATE:
-            operstate = buf[vstart]
-        elif atype == rtnl.IFLA_LINKINFO:
-            kind = _linkinfo_kind(buf, vstart, vend)
-        pos += (alen + 3) & ~3
+    attrs = _Attrs(buf, off + 16, end)
+    operstate_span = attrs.get(rtnl.IFLA_OPERSTATE)
+    operstate = (
+        buf[operstate_span[0]] if operstate_span and operstate_span[1] > operstate_span[0] else 0
+    )
+    info = attrs.get(rtnl.IFLA_LINKINFO)
+    kind = _Attrs(buf, *info).text(rtnl.IFLA_INFO_KIND) if info else None
     opername = (
         rtnl.OPERSTATE_NAMES[operstate] if operstate < len(rtnl.OPERSTATE_NAMES) else str(operstate)
     )
@@ -138,28 +154,17 @@ def decode_link(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | Non
         index,
         {
             "ifindex": index,
-            "ifname": ifname,
+            "ifname": attrs.text(rtnl.IFLA_IFNAME) or "",
             "admin_up": admin_up,
             "carrier": carrier,
             "operstate": opername,
             "flags": rtnl.bit_names(flags, rtnl.IFF_NAMES),
-            "mtu": mtu,
-            "mac": mac,
+            "mtu": attrs.u32(rtnl.IFLA_MTU),
+            "mac": attrs.mac(rtnl.IFLA_ADDRESS),
             "kind": kind,
-            "master": master or None,
+            "master": attrs.u32(rtnl.IFLA_MASTER) or None,
         },
     )
-
-
-def _linkinfo_kind(buf: Buffer, pos: int, end: int) -> str | None:
-    while pos + 4 <= end:
-        alen, atype = _NLA.unpack_from(buf, pos)
-        if alen < 4:
-            return None
-        if atype & 0x3FFF == rtnl.IFLA_INFO_KIND:
-            return _cstr(buf, pos + 4, pos + alen)
-        pos += (alen + 3) & ~3
-    return None
 
 
 def decode_addr(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | None:
@@ -169,28 +174,11 @@ def decode_addr(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | Non
     family, prefixlen, flags, scope, index = _IFADDRMSG.unpack_from(buf, off)
     if family not in rtnl.FAMILY_NAMES:
         return None
-    address: str | None = None
-    local: str | None = None
-    label: str | None = None
-    pos = off + 8
-    while pos + 4 <= end:
-        alen, atype = _NLA.unpack_from(buf, pos)
-        if alen < 4:
-            raise DecodeError("zero-length attribute")
-        atype &= 0x3FFF
-        vstart = pos + 4
-        vend = pos + alen
-        if vend > end:
-            raise DecodeError("attribute overruns message")
-        if atype == rtnl.IFA_ADDRESS:
-            address = _ip(family, buf, vstart, vend)
-        elif atype == rtnl.IFA_LOCAL:
-            local = _ip(family, buf, vstart, vend)
-        elif atype == rtnl.IFA_LABEL:
-            label = _cstr(buf, vstart, vend)
-        elif atype == rtnl.IFA_FLAGS:
-            flags = _u32(buf, vstart, vend)
-        pos += (alen + 3) & ~3
+    attrs = _Attrs(buf, off + 8, end)
+    address = attrs.ip(rtnl.IFA_ADDRESS, family)
+    local = attrs.ip(rtnl.IFA_LOCAL, family)
+    label = attrs.text(rtnl.IFA_LABEL)
+    flags = attrs.u32(rtnl.IFA_FLAGS, flags)  # the 32-bit flags, when present, win
     # IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on point-to-point links.
     own = local or address
     if own is None:
@@ -308,17 +296,9 @@ def _nexthops(family: int, buf: Buffer, pos: int, end: int) -> list[dict[str, An
         rlen, _flags, weight, ifindex = _RTNEXTHOP.unpack_from(buf, pos)
         if rlen < 8 or pos + rlen > end:
             raise DecodeError("rtnexthop overruns RTA_MULTIPATH")
-        gateway: str | None = None
-        apos = pos + 8
-        while apos + 4 <= pos + rlen:
-            alen, atype = _NLA.unpack_from(buf, apos)
-            if alen < 4 or apos + alen > pos + rlen:
-                raise DecodeError("nexthop attribute overruns its rtnexthop")
-            if atype & 0x3FFF == rtnl.RTA_GATEWAY:
-                gateway = _ip(family, buf, apos + 4, apos + alen)
-            elif atype & 0x3FFF == rtnl.RTA_VIA:
-                gateway = _via(buf, apos + 4, apos + alen)
-            apos += (alen + 3) & ~3
+        attrs = _Attrs(buf, pos + 8, pos + rlen)
+        via = attrs.get(rtnl.RTA_VIA)
+        gateway = _via(buf, *via) if via else attrs.ip(rtnl.RTA_GATEWAY, family)
         hops.append({"gateway": gateway, "ifindex": ifindex, "weight": weight + 1})
         pos += (rlen + 3) & ~3
     return hops
@@ -331,21 +311,9 @@ def decode_neigh(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | No
     family, index, state, flags, _ntype = _NDMSG.unpack_from(buf, off)
     if family not in rtnl.FAMILY_NAMES:
         return None
-    address: str | None = None
-    lladdr: str | None = None
-    pos = off + 12
-    while pos + 4 <= end:
-        alen, atype = _NLA.unpack_from(buf, pos)
-        if alen < 4:
-            raise DecodeError("zero-length attribute")
-        atype &= 0x3FFF
-        if pos + alen > end:
-            raise DecodeError("attribute overruns message")
-        if atype == rtnl.NDA_DST:
-            address = _ip(family, buf, pos + 4, pos + alen)
-        elif atype == rtnl.NDA_LLADDR:
-            lladdr = _mac(buf, pos + 4, pos + alen)
-        pos += (alen + 3) & ~3
+    attrs = _Attrs(buf, off + 12, end)
+    address = attrs.ip(rtnl.NDA_DST, family)
+    lladdr = attrs.mac(rtnl.NDA_LLADDR)
     if address is None:
         return None
     key = (family, index, address)
@@ -375,51 +343,28 @@ def decode_rule(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | Non
     )
     if family not in rtnl.FAMILY_NAMES:
         return None
+    attrs = _Attrs(buf, off + 12, end)
+    src = attrs.ip(rtnl.FRA_SRC, family)
+    dst = attrs.ip(rtnl.FRA_DST, family)
+    fwmark = attrs.get(rtnl.FRA_FWMARK)
+    fwmask = attrs.u32(rtnl.FRA_FWMASK, 0xFFFFFFFF)
+    mark = None
+    if fwmark is not None:
+        mark = f"0x{_u32(buf, *fwmark):x}" + ("" if fwmask == 0xFFFFFFFF else f"/0x{fwmask:x}")
+    table = attrs.u32(rtnl.FRA_TABLE, table)
     obj: Obj = {
         "family": rtnl.FAMILY_NAMES[family],
-        "priority": 0,
-        "src": "all",
-        "dst": "all",
-        "iif": None,
-        "oif": None,
-        "fwmark": None,
+        "priority": attrs.u32(rtnl.FRA_PRIORITY),
+        "src": "all" if src is None else f"{src}/{src_len}",
+        "dst": "all" if dst is None else f"{dst}/{dst_len}",
+        "iif": attrs.text(rtnl.FRA_IIFNAME),
+        "oif": attrs.text(rtnl.FRA_OIFNAME),
+        "fwmark": mark,
         "tos": tos,
         "table": None,
-        "goto": None,
+        "goto": attrs.u32(rtnl.FRA_GOTO) if rtnl.FRA_GOTO in attrs else None,
         "action": rtnl.RULE_ACTION_NAMES.get(action, str(action)),
     }
-    fwmask: int | None = None
-    pos = off + 12
-    while pos + 4 <= end:
-        alen, atype = _NLA.unpack_from(buf, pos)
-        if alen < 4:
-            raise DecodeError("zero-length attribute")
-        atype &= 0x3FFF
-        vstart, vend = pos + 4, pos + alen
-        if vend > end:
-            raise DecodeError("attribute overruns message")
-        if atype == rtnl.FRA_PRIORITY:
-            obj["priority"] = _u32(buf, vstart, vend)
-        elif atype == rtnl.FRA_SRC:
-            obj["src"] = f"{_ip(family, buf, vstart, vend)}/{src_len}"
-        elif atype == rtnl.FRA_DST:
-            obj["dst"] = f"{_ip(family, buf, vstart, vend)}/{dst_len}"
-        elif atype == rtnl.FRA_IIFNAME:
-            obj["iif"] = _cstr(buf, vstart, vend)
-        elif atype == rtnl.FRA_OIFNAME:
-            obj["oif"] = _cstr(buf, vstart, vend)
-        elif atype == rtnl.FRA_FWMARK:
-            obj["fwmark"] = _u32(buf, vstart, vend)
-        elif atype == rtnl.FRA_FWMASK:
-            fwmask = _u32(buf, vstart, vend)
-        elif atype == rtnl.FRA_TABLE:
-            table = _u32(buf, vstart, vend)
-        elif atype == rtnl.FRA_GOTO:
-            obj["goto"] = _u32(buf, vstart, vend)
-        pos += (alen + 3) & ~3
-    if obj["fwmark"] is not None:
-        mark = f"0x{obj['fwmark']:x}"
-        obj["fwmark"] = mark if fwmask in (None, 0xFFFFFFFF) else f"{mark}/0x{fwmask:x}"
     if action == 1:
         obj["table"] = rtnl.TABLE_NAMES.get(table) or str(table)
     key = tuple(obj.values())
@@ -437,29 +382,17 @@ def decode_netconf(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | 
     family = buf[off]
     if family not in rtnl.FAMILY_NAMES:
         return None
-    ifindex: int | None = None
+    attrs = _Attrs(buf, off + 4, end)
+    if rtnl.NETCONFA_IFINDEX not in attrs:
+        return None
+    ifindex = _i32(buf, *attrs[rtnl.NETCONFA_IFINDEX])  # -1 all, -2 default
     values: Obj = {}
-    pos = off + 4
-    while pos + 4 <= end:
-        alen, atype = _NLA.unpack_from(buf, pos)
-        if alen < 4:
-            raise DecodeError("zero-length attribute")
-        atype &= 0x3FFF
-        if pos + alen > end:
-            raise DecodeError("attribute overruns message")
-        if atype == rtnl.NETCONFA_IFINDEX:
-            if alen < 8:
-                raise DecodeError("NETCONFA_IFINDEX too short")
-            ifindex = _I32.unpack_from(buf, pos + 4)[0]
-        elif atype in rtnl.NETCONF_ATTRS and alen >= 8:
-            value = _I32.unpack_from(buf, pos + 4)[0]
-            name = rtnl.NETCONF_ATTRS[atype]
+    for atype, name in rtnl.NETCONF_ATTRS.items():
+        if atype in attrs:
+            value = _i32(buf, *attrs[atype])
             values[name] = (
                 rtnl.RP_FILTER_NAMES.get(value, str(value)) if name == "rp_filter" else bool(value)
             )
-        pos += (alen + 3) & ~3
-    if ifindex is None:
-        return None
     key = (family, ifindex)
     if deleted:
         return "netconf", key, None
