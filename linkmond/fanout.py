@@ -146,11 +146,12 @@ class SinkWorker:
 
     def offer(self, event: Event) -> None:
         """Queue ``event`` if the filters let it through; count a drop if the queue is full."""
-        if not self.types.match(event.type):
+        if not (self.types.matches_all or self.types.match(event.type)):
             return
-        ifname = event.ifname
-        if ifname is not None and not self.interfaces.match(ifname):
-            return
+        if not self.interfaces.matches_all:
+            ifname = event.ifname
+            if ifname is not None and not self.interfaces.match(ifname):
+                return
         if self.hold_down is not None:
             self.hold_down.offer(event)
         else:

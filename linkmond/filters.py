@@ -14,7 +14,7 @@ from collections.abc import Iterable
 class GlobFilter:
     """A compiled include/exclude list of fnmatch globs, with a per-name result cache."""
 
-    __slots__ = ("_cache", "_exclude", "_include", "patterns")
+    __slots__ = ("_cache", "_exclude", "_include", "matches_all", "patterns")
 
     def __init__(self, patterns: Iterable[str]) -> None:
         self.patterns = tuple(patterns)
@@ -23,6 +23,8 @@ class GlobFilter:
         self._include = _compile(include) if include else None
         self._exclude = _compile(exclude) if exclude else None
         self._cache: dict[str, bool] = {}
+        #: True when nothing is filtered out (the common ``["*"]``): callers may skip match()
+        self.matches_all = self._exclude is None and (self._include is None or "*" in include)
 
     def match(self, name: str) -> bool:
         """Whether ``name`` passes the filter."""
@@ -35,11 +37,6 @@ class GlobFilter:
                 self._cache.clear()
             self._cache[name] = hit
         return hit
-
-    @property
-    def matches_all(self) -> bool:
-        """True when nothing is filtered out (the common ``["*"]``)."""
-        return self._exclude is None and (self._include is None or "*" in self.patterns)
 
 
 def _compile(patterns: list[str]) -> re.Pattern[str]:

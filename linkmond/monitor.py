@@ -282,7 +282,8 @@ class Monitor:
         group = change.type.partition(".")[0]
         if group not in self.groups and group != "daemon":
             return
-        if change.ifname is not None and not self.interfaces.match(change.ifname):
+        interfaces = self.interfaces
+        if not interfaces.matches_all and change.ifname and not interfaces.match(change.ifname):
             return
         if self._overflow_events is not None and change.data.get("resync"):
             self._overflow_events += 1

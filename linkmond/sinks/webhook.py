@@ -123,17 +123,25 @@ def load_signer(name: str, config: WebhookSinkConfig) -> Webhook:
 
 
 def _header_value(name: str, header: str, value: str | HeaderFromEnv | HeaderFromFile) -> str:
+    """An extra header's value: literal, or read from the environment or a file now."""
     key = f"sinks.{name}.headers.{header}"
+    where: Path | str = "<config>"
     if isinstance(value, HeaderFromEnv):
+        where = "<env>"
         got = os.environ.get(value.env)
         if got is None:
-            raise ConfigError("<env>", [(key, f"environment variable {value.env} is not set")])
-        return got
-    if isinstance(value, HeaderFromFile):
+            raise ConfigError(where, [(key, f"environment variable {value.env} is not set")])
+        value = got
+    elif isinstance(value, HeaderFromFile):
+        where = value.file
         try:
-            return value.file.read_text(encoding="utf-8").rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(value.file, [(key, f"cannot read: {exc}")]) from None
+            value = value.file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(where, [(key, f"cannot read: {exc.strerror}")]) from None
+        except UnicodeDecodeError:
+            raise ConfigError(where, [(key, "not UTF-8 text")]) from None
+    if "\n" in value or "\r" in value:
+        raise ConfigError(where, [(key, "a header value cannot contain a line break")])
     return value
 
 
@@ -165,7 +173,8 @@ class WebhookSink(Sink):
                 ) from None
         parts = urlsplit(config.url)
         #: scheme://host:port only: a URL path or query may itself be a credential
-        self.endpoint = f"{parts.scheme}://{parts.hostname}:{parts.port or ''}".rstrip(":")
+        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+        self.endpoint = f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
         self.spool = Spool(
             state_directory / f"webhook-{name}.sqlite",
             state_directory / f"webhook-{name}.deadletter.jsonl",
