@@ -11,7 +11,7 @@ little-endian integer, the raw bytes and ``\\n``. An entry too large for a datag
 empty datagram.
 
 The socket is non-blocking and waits for writability on the event loop, so a stuck journald
-never stalls the loop; after :data:`SEND_TIMEOUT` seconds without progress, or when journald
+never stalls the loop; after ``send_timeout`` seconds without progress, or when journald
 is absent (no socket, ``ECONNREFUSED``), :meth:`JournalSink.emit` raises :class:`SinkError`
 and the shared worker retries with backoff, logging once per failure streak.
 """
@@ -96,8 +96,16 @@ def encode_entry(fields: Sequence[tuple[str, str | bytes]]) -> bytes:
 class JournalSink(Sink):
     """Sends each event as one journal entry to journald's native socket."""
 
-    def __init__(self, socket_path: Path, priorities: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        socket_path: Path,
+        priorities: dict[str, int] | None = None,
+        *,
+        send_timeout: float = SEND_TIMEOUT,
+    ) -> None:
         self.socket_path = socket_path
+        #: how long one entry may wait for room in journald's queue before the batch fails
+        self.send_timeout = send_timeout
         #: event-type glob → priority; the first glob (in config order) that matches wins
         self.priorities = dict(priorities or {})
         #: entries that went through the memfd path (too large for a datagram)
@@ -158,12 +166,12 @@ class JournalSink(Sink):
         for done, event in enumerate(events):
             entry = self.encode(event)
             try:
-                async with asyncio.timeout(SEND_TIMEOUT):
+                async with asyncio.timeout(self.send_timeout):
                     await self._send(entry)
             except TimeoutError:
                 self._close()
                 raise SinkError(
-                    f"{self.socket_path}: journald took no entry for {SEND_TIMEOUT:g}s",
+                    f"{self.socket_path}: journald took no entry for {self.send_timeout:g}s",
                     delivered=done,
                 ) from None
             except OSError as exc:
