@@ -49,6 +49,10 @@ SNIPPET_MAX: Final = 512
 #: at shutdown, how long a healthy sink may keep delivering what is spooled
 CLOSE_GRACE: Final = 1.0
 
+#: the delivery task of each spool file. A sink rebuilt by a reload starts before the old one
+#: is closed; its delivery waits for the old task to end, so events stay in order, sent once.
+_deliverers: dict[Path, asyncio.Task[None]] = {}
+
 
 @dataclass(frozen=True)
 class Attempt:
@@ -216,7 +220,11 @@ class WebhookSink(Sink):
                 headers=self._headers,
             )
             self._wake.set()
-            self._task = asyncio.create_task(self._deliver_forever(), name=f"webhook:{self.name}")
+            previous = _deliverers.get(self.spool.db_path)
+            self._task = asyncio.create_task(
+                self._deliver_forever(previous), name=f"webhook:{self.name}"
+            )
+            _deliverers[self.spool.db_path] = self._task
 
     async def emit(self, events: Sequence[Event]) -> None:
         """Spool the batch (one transaction) and wake the delivery task; no HTTP here."""
@@ -248,6 +256,8 @@ class WebhookSink(Sink):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            if _deliverers.get(self.spool.db_path) is self._task:
+                del _deliverers[self.spool.db_path]
             self._task = None
         if self._session is not None:
             await self._session.close()
@@ -258,7 +268,9 @@ class WebhookSink(Sink):
 
     # -- delivery ---------------------------------------------------------------------------
 
-    async def _deliver_forever(self) -> None:
+    async def _deliver_forever(self, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None and previous.get_loop() is asyncio.get_running_loop():
+            await asyncio.wait([previous])  # the same spool's sink before a reload
         while True:
             self._wake.clear()  # before looking, so an emit while we look is not missed
             try:
@@ -271,7 +283,11 @@ class WebhookSink(Sink):
                 self._empty.set()
                 await self._wake.wait()
                 continue
-            await self._deliver(row)
+            try:
+                await self._deliver(row)
+            except Exception as exc:  # a spool (disk) error: keep the task alive, retry later
+                log.error("webhook delivery error", sink=self.name, error=repr(exc))
+                await asyncio.sleep(self.config.retry_initial or 1.0)
 
     def _body(self, row: SpooledEvent) -> tuple[str, str]:
         if self.config.format == "text":
@@ -281,7 +297,13 @@ class WebhookSink(Sink):
 
     async def _deliver(self, row: SpooledEvent) -> None:
         """Attempt ``row`` until it is delivered, dead-lettered or pushed out of the spool."""
-        body, content_type = self._body(row)
+        try:
+            body, content_type = self._body(row)
+        except ValueError as exc:  # a row this version cannot read: never deliverable
+            await asyncio.to_thread(
+                self.spool.dead_letter, row, DeadLetter(f"unreadable event: {exc}")
+            )
+            return
         cap = self.config.retry_initial
         attempts = 0
         while True:
