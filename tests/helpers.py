@@ -77,21 +77,15 @@ class Daemon:
         self.config_path.write_text(config or default_config(self.events_path))
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def command(self) -> list[str]:
+        """How the daemon is started: ``ip netns exec <ns> python -m linkmond run -c …``."""
+        run = [sys.executable, "-m", "linkmond", "run", "-c", str(self.config_path)]
+        return ["ip", "netns", "exec", self.ns.name, *run]
+
     def start(self, wait_started: bool = True, env: dict[str, str] | None = None) -> Daemon:
         """Start the daemon (``env`` added to ours); by default wait for ``daemon.started``."""
         self.proc = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                self.ns.name,
-                sys.executable,
-                "-m",
-                "linkmond",
-                "run",
-                "-c",
-                str(self.config_path),
-            ],
+            self.command(),
             stdout=self.stdout_path.open("wb"),
             stderr=self.stderr_path.open("wb"),
             cwd=self.config_path.parent,
@@ -171,6 +165,18 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
             raise
+
+
+def linkmond(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """``python -m linkmond ARGS`` as a subprocess in the current namespace."""
+    return subprocess.run(
+        [sys.executable, "-m", "linkmond", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
 
 
 def default_config(events_path: Path, extra: str = "") -> str:

@@ -24,24 +24,11 @@ from typing import IO, Any
 import pytest
 
 from linkmond import __version__
-from tests.helpers import ROOT, Daemon, NetNS, default_config, wait_for
+from tests.helpers import Daemon, NetNS, default_config, linkmond, wait_for
 
 COMMANDS = ["run", "check-config", "monitor", "status", "replay"]
 UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 RFC3339_UTC_US = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
-
-
-def linkmond(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    """``python -m linkmond ARGS`` in the current (host) namespace, for commands that do not
-    touch the kernel's network state."""
-    return subprocess.run(
-        [sys.executable, "-m", "linkmond", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=60,
-        check=False,
-    )
 
 
 def in_ns(ns: NetNS, *args: str) -> subprocess.CompletedProcess[str]:

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ from linkmond.config import (
     load_config,
     parse_config,
 )
-from tests.helpers import ROOT
+from tests.helpers import ROOT, linkmond
 
 CONSOLE = '[sinks.out]\ntype = "console"\n'
 
@@ -29,18 +27,6 @@ def problems(text: str) -> dict[str, str]:
     with pytest.raises(ConfigError) as info:
         parse_config(text, "test.toml")
     return dict(info.value.problems)
-
-
-def linkmond(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    """``python -m linkmond ARGS`` as a subprocess; no root needed for these commands."""
-    return subprocess.run(
-        [sys.executable, "-m", "linkmond", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=60,
-        check=False,
-    )
 
 
 # -- human sizes and durations ------------------------------------------------------------------

@@ -237,20 +237,8 @@ class JournalDaemon(Daemon):
         super().__init__(ns, workdir, config)
         self.journal = journal
 
-    def start(self, wait_started: bool = True, env: dict[str, str] | None = None) -> JournalDaemon:
-        self.proc = subprocess.Popen(
-            self.journal.nsenter(
-                *("ip", "netns", "exec", self.ns.name),
-                *(sys.executable, "-m", "linkmond", "run", "-c", str(self.config_path)),
-            ),
-            stdout=self.stdout_path.open("wb"),
-            stderr=self.stderr_path.open("wb"),
-            cwd=self.config_path.parent,
-            env={**os.environ, **(env or {})},
-        )
-        if wait_started:
-            self.wait_event(lambda e: e["type"] == "daemon.started", what="daemon.started")
-        return self
+    def command(self) -> list[str]:
+        return self.journal.nsenter(*super().command())
 
     def logs(self) -> list[dict[str, Any]]:
         """The daemon's own JSON log records (stderr)."""
