@@ -299,7 +299,7 @@ class WebhookSink(Sink):
         """Attempt ``row`` until it is delivered, dead-lettered or pushed out of the spool."""
         try:
             body, content_type = self._body(row)
-        except ValueError as exc:  # a row this version cannot read: never deliverable
+        except Exception as exc:  # a row this version cannot read or describe: never deliverable
             await asyncio.to_thread(
                 self.spool.dead_letter, row, DeadLetter(f"unreadable event: {exc}")
             )

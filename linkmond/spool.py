@@ -1,0 +1,217 @@
+"""The webhook sink's durable spool (SQLite, WAL) and its dead-letter file.
+
+An event accepted by a webhook sink is a row here until the receiver answered 2xx; a row that
+cannot be delivered (a permanent HTTP error, too old, or pushed out by ``max_spool``) is
+appended to the dead-letter JSONL file before its row is deleted, so a crash in between
+duplicates a dead letter rather than losing an event. Every method blocks (disk I/O): the sink
+calls them through ``asyncio.to_thread``; a lock makes them safe from any thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS spool (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: delivery order
+    id TEXT NOT NULL,                       -- the event id (webhook-id)
+    accepted REAL NOT NULL,                 -- Unix time the sink accepted it (for max_age)
+    event TEXT NOT NULL                     -- the event's JSON (DESIGN §4)
+)
+"""
+
+
+@dataclass(frozen=True)
+class SpooledEvent:
+    """One undelivered event, as stored."""
+
+    seq: int
+    id: str
+    accepted: float
+    event: str
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Why an event is given up: ``reason``, and the receiver's answer if there was one."""
+
+    reason: str
+    status: int | None = None
+    response: str | None = None
+    attempts: int = 0
+
+
+def _now_rfc3339() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+
+
+class Spool:
+    """A FIFO of undelivered events in ``db_path``, bounded to ``max_spool`` rows."""
+
+    def __init__(self, db_path: Path, deadletter_path: Path, max_spool: int) -> None:
+        self.db_path = db_path
+        self.deadletter_path = deadletter_path
+        self.max_spool = max_spool
+        #: events pushed out by ``max_spool`` since this spool was opened
+        self.evicted = 0
+        #: events dead-lettered for any reason since this spool was opened
+        self.dead_lettered = 0
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._count = 0
+
+    def open(self) -> int:
+        """Create or open the database (WAL); returns how many events are pending."""
+        with self._lock:
+            if self._db is None:
+                self.db_path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+                db = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    # an fsync of the WAL per transaction: an accepted event survives power loss
+                    db.execute("PRAGMA synchronous=FULL")
+                    db.execute("PRAGMA busy_timeout=5000")
+                    db.execute(_SCHEMA)
+                    (self._count,) = db.execute("SELECT count(*) FROM spool").fetchone()
+                except sqlite3.Error:
+                    db.close()
+                    raise
+                self._db = db
+            return self._count
+
+    def __len__(self) -> int:
+        """Pending events as this process counted them (exact unless two sinks share it)."""
+        return max(self._count, 0)
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise sqlite3.ProgrammingError("spool is not open")
+        return self._db
+
+    def append(self, events: Iterable[tuple[str, str]], now: float | None = None) -> int:
+        """Store ``(id, event_json)`` pairs in one transaction; returns how many old events
+        were pushed out to the dead-letter file to stay within ``max_spool``."""
+        accepted = time.time() if now is None else now
+        rows = [(event_id, accepted, event) for event_id, event in events]
+        with self._lock:
+            db = self._conn()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("INSERT INTO spool (id, accepted, event) VALUES (?, ?, ?)", rows)
+                count = self._count + len(rows)
+                evicted: list[SpooledEvent] = []
+                if count > self.max_spool:
+                    # exact before evicting: another Spool on this file (the sink before a
+                    # reload) may have delivered rows meanwhile
+                    (count,) = db.execute("SELECT count(*) FROM spool").fetchone()
+                if count > self.max_spool:
+                    evicted = self._select(db, "ORDER BY seq LIMIT ?", (count - self.max_spool,))
+                    self._dead_letter(evicted, DeadLetter("max_spool: the spool is full"))
+                    db.executemany("DELETE FROM spool WHERE seq = ?", [(e.seq,) for e in evicted])
+                    count -= len(evicted)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._count = count
+            self.evicted += len(evicted)
+            return len(evicted)
+
+    def head(self, max_age: float, now: float | None = None) -> SpooledEvent | None:
+        """The oldest event, once every event older than ``max_age`` s has been moved to the
+        dead-letter file."""
+        cutoff = (time.time() if now is None else now) - max_age
+        why = DeadLetter(f"max_age: undelivered after {max_age:g}s")
+        with self._lock:
+            db = self._conn()
+            while True:
+                rows = self._select(db, "ORDER BY seq LIMIT 1", ())
+                if not rows or rows[0].accepted >= cutoff:
+                    return rows[0] if rows else None
+                expired = self._select(db, "WHERE accepted < ? ORDER BY seq LIMIT 1000", (cutoff,))
+                self._give_up(db, expired, why)
+
+    def contains(self, seq: int) -> bool:
+        """Whether the row is still spooled (``max_spool`` may have pushed it out)."""
+        with self._lock:
+            row = self._conn().execute("SELECT 1 FROM spool WHERE seq = ?", (seq,)).fetchone()
+            return row is not None
+
+    def remove(self, seq: int) -> None:
+        """Delete a delivered event."""
+        with self._lock:
+            db = self._conn()
+            deleted = db.execute("DELETE FROM spool WHERE seq = ?", (seq,)).rowcount
+            self._count -= deleted
+
+    def dead_letter(self, event: SpooledEvent, why: DeadLetter) -> None:
+        """Give up on ``event``: append it to the dead-letter file, then delete its row."""
+        with self._lock:
+            db = self._conn()
+            if db.execute("SELECT 1 FROM spool WHERE seq = ?", (event.seq,)).fetchone():
+                self._give_up(db, [event], why)
+
+    def close(self) -> None:
+        """Close the database (pending rows stay for the next run)."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    # -- under the lock ------------------------------------------------------------------
+
+    @staticmethod
+    def _select(db: sqlite3.Connection, tail: str, args: tuple[float, ...]) -> list[SpooledEvent]:
+        sql = f"SELECT seq, id, accepted, event FROM spool {tail}"  # noqa: S608 - fixed tails
+        return [SpooledEvent(*row) for row in db.execute(sql, args)]
+
+    def _give_up(
+        self, db: sqlite3.Connection, events: Sequence[SpooledEvent], why: DeadLetter
+    ) -> None:
+        if not events:
+            return
+        self._dead_letter(events, why)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            deleted = db.executemany(
+                "DELETE FROM spool WHERE seq = ?", [(e.seq,) for e in events]
+            ).rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._count -= deleted
+
+    def _dead_letter(self, events: Sequence[SpooledEvent], why: DeadLetter) -> None:
+        head = json.dumps(
+            {
+                "time": _now_rfc3339(),
+                "reason": why.reason,
+                "status": why.status,
+                "response": why.response,
+                "attempts": why.attempts,
+            },
+            ensure_ascii=False,
+        )[:-1]
+        # the event's own JSON is spliced in unchanged: exactly what the receiver would get
+        data = "".join(f'{head}, "event": {e.event}}}\n' for e in events).encode()
+        fd = os.open(
+            self.deadletter_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
+        )
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.dead_lettered += len(events)
