@@ -39,6 +39,15 @@ _I32: Final = struct.Struct("=i")
 _TIMEVAL: Final = struct.Struct("=II")
 
 NLMSGHDR_LEN: Final = _NLMSGHDR.size
+# Aliases of rtnl's tables for the route decoder: a global lookup instead of rtnl.X (the same
+# dict objects, so names rtnl.load_system_names() adds at start-up show here too).
+_FAMILIES: Final = rtnl.FAMILY_NAMES
+_TABLES: Final = rtnl.TABLE_NAMES
+_PROTOCOLS: Final = rtnl.PROTOCOL_NAMES
+_SCOPES: Final = rtnl.SCOPE_NAMES
+_ROUTE_TYPES: Final = rtnl.ROUTE_TYPE_NAMES
+_N_ROUTE_TYPES: Final = len(rtnl.ROUTE_TYPE_NAMES)
+_AF_INET6: Final = rtnl.AF_INET6
 
 
 class DecodeError(ValueError):
@@ -208,7 +217,7 @@ def decode_route(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | No
     if off + 12 > end:
         raise DecodeError("short rtmsg")
     family, dst_len, src_len, tos, table, proto, scope, rtype, rflags = _RTMSG.unpack_from(buf, off)
-    if family not in rtnl.FAMILY_NAMES or rflags & rtnl.RTM_F_CLONED:
+    if family not in _FAMILIES or rflags & 0x200:  # RTM_F_CLONED: a cache entry
         return None
     dst = src = gateway = prefsrc = None
     nexthops = None
@@ -250,27 +259,24 @@ def decode_route(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | No
         pos += (alen + 3) & ~3
     dst_s = "default" if dst is None and dst_len == 0 else f"{dst or _zero(family)}/{dst_len}"
     src_s = None if src is None else f"{src}/{src_len}"
-    table_s = rtnl.TABLE_NAMES.get(table) or str(table)
     # IPv4 knows one route per (table, dst, tos, metric), and `ip route replace` may move it
     # to another device; IPv6 keeps one per device (fe80::/64 on every link).
-    key = (family, table, dst_s, src_s, tos, metric, oif if family == rtnl.AF_INET6 else 0)
+    key = (family, table, dst_s, src_s, tos, metric, oif if family == _AF_INET6 else 0)
     if deleted:
         return "route", key, None
     return (
         "route",
         key,
         {
-            "family": rtnl.FAMILY_NAMES[family],
+            "family": _FAMILIES[family],
             "dst": dst_s,
             "src": src_s,
             "gateway": gateway,
             "ifindex": oif or None,
-            "table": table_s,
-            "protocol": rtnl.PROTOCOL_NAMES.get(proto) or str(proto),
-            "scope": rtnl.SCOPE_NAMES.get(scope, str(scope)),
-            "type": rtnl.ROUTE_TYPE_NAMES[rtype]
-            if rtype < len(rtnl.ROUTE_TYPE_NAMES)
-            else str(rtype),
+            "table": _TABLES.get(table) or str(table),
+            "protocol": _PROTOCOLS.get(proto) or str(proto),
+            "scope": _SCOPES.get(scope) or str(scope),
+            "type": _ROUTE_TYPES[rtype] if rtype < _N_ROUTE_TYPES else str(rtype),
             "metric": metric,
             "prefsrc": prefsrc,
             "tos": tos,
