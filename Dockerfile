@@ -15,4 +15,5 @@ RUN pip install --no-cache-dir --no-index --find-links /wheels linkmond && rm -r
 USER linkmond
 ENV STATE_DIRECTORY=/var/lib/linkmond
 ENTRYPOINT ["linkmond"]
-CMD ["run", "-c", "/etc/linkmond/linkmond.toml"]
+# /etc/linkmond/linkmond.toml when mounted, else the built-in default (console events)
+CMD ["run"]
