@@ -151,6 +151,7 @@ class Daemon:
         """Stop reading, publish ``daemon.stopping`` last, drain the sinks within the timeout."""
         self.notifier.stopping()
         self.monitor.stop()
+        self.fanout.release_held()  # so that daemon.stopping is the last event everywhere
         stats = self.monitor.stats.as_dict()
         self.fanout.publish(
             self.factory.make(

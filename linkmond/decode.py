@@ -145,6 +145,10 @@ def decode_link(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | Non
     if deleted:
         return "link", index, None
     attrs = _Attrs(buf, off + 16, end)
+    if rtnl.IFLA_WIRELESS in attrs:
+        # a wireless-extensions event (scan done, association) carrying only the name: it says
+        # nothing about the link's state, and its missing fields must not read as changes
+        return None
     operstate_span = attrs.get(rtnl.IFLA_OPERSTATE)
     operstate = (
         buf[operstate_span[0]] if operstate_span and operstate_span[1] > operstate_span[0] else 0
@@ -344,7 +348,7 @@ def decode_rule(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | Non
     """RTM_NEWRULE / RTM_DELRULE: a rule is identified by all of its fields."""
     if off + 12 > end:
         raise DecodeError("short fib_rule_hdr")
-    family, dst_len, src_len, tos, table, _r1, _r2, action, _flags = _FIB_RULE_HDR.unpack_from(
+    family, dst_len, src_len, tos, table, _r1, _r2, action, rflags = _FIB_RULE_HDR.unpack_from(
         buf, off
     )
     if family not in rtnl.FAMILY_NAMES:
@@ -361,20 +365,41 @@ def decode_rule(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | Non
     obj: Obj = {
         "family": rtnl.FAMILY_NAMES[family],
         "priority": attrs.u32(rtnl.FRA_PRIORITY),
+        "not": bool(rflags & rtnl.FIB_RULE_INVERT),
         "src": "all" if src is None else f"{src}/{src_len}",
         "dst": "all" if dst is None else f"{dst}/{dst_len}",
         "iif": attrs.text(rtnl.FRA_IIFNAME),
         "oif": attrs.text(rtnl.FRA_OIFNAME),
         "fwmark": mark,
         "tos": tos,
-        "table": None,
+        "table": rtnl.TABLE_NAMES.get(table) or str(table) if action == 1 else None,
         "goto": attrs.u32(rtnl.FRA_GOTO) if rtnl.FRA_GOTO in attrs else None,
         "action": rtnl.RULE_ACTION_NAMES.get(action, str(action)),
     }
-    if action == 1:
-        obj["table"] = rtnl.TABLE_NAMES.get(table) or str(table)
-    key = tuple(obj.values())
+    # the selectors and modifiers newer `ip rule` knows; present ones are part of the identity
+    for atype, name in rtnl.RULE_EXTRA_ATTRS.items():
+        span = attrs.get(atype)
+        if span is not None:
+            obj[name] = _rule_extra(name, buf, *span)
+    key = tuple(obj.items())
     return "rule", key, None if deleted else obj
+
+
+def _rule_extra(name: str, buf: Buffer, start: int, end: int) -> int | str | bool:
+    if name in ("uidrange", "sport", "dport"):  # struct {u32,u32} / {u16,u16} ranges
+        fmt = "=II" if name == "uidrange" else "=HH"
+        if end - start < struct.calcsize(fmt):
+            raise DecodeError(f"FRA {name} too short")
+        low, high = struct.unpack_from(fmt, buf, start)
+        return f"{low}-{high}"
+    if name == "ipproto":
+        return int(buf[start]) if end > start else 0
+    if name == "protocol":
+        value = int(buf[start]) if end > start else 0
+        return rtnl.PROTOCOL_NAMES.get(value) or str(value)
+    if name == "l3mdev":
+        return bool(buf[start]) if end > start else False
+    return _u32(buf, start, end)  # suppress_prefixlength, suppress_ifgroup
 
 
 def decode_netconf(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | None:

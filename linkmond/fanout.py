@@ -71,28 +71,41 @@ class HoldDown:
     """Flap damping for one sink: a link loss is delivered only if still lost after ``delay``.
 
     ``link.carrier_lost`` / ``link.admin_down`` are held per link; the matching recovery
-    within ``delay`` swallows both and counts a suppressed flap. The count rides on the next
-    event delivered for that link as ``data.flaps_suppressed``. A held loss is delivered with
-    its original id, seq and time (so it arrives after events that happened later).
+    within ``delay`` swallows both and counts a suppressed flap (and, for an admin flap of a
+    link that had carrier, the ``carrier_up`` that follows ``admin_up``). It sees every link
+    event before the sink's type filter, so a sink that does not want recoveries still has its
+    flaps damped. The count rides on the next event delivered for that link as
+    ``data.flaps_suppressed``. A held loss keeps its id, seq and time, so it arrives after
+    events that happened later.
     """
 
-    def __init__(self, delay: float, deliver: Callable[[Event], None]) -> None:
+    def __init__(
+        self, delay: float, deliver: Callable[[Event], None], wants: Callable[[str], bool]
+    ) -> None:
         self.delay = delay
         self.deliver = deliver
+        self.wants = wants
         self.held: dict[int, tuple[Event, asyncio.TimerHandle]] = {}
         self.flaps: dict[int, int] = {}
+        self._quiet_until: dict[int, float] = {}  # swallow carrier_up after an admin flap
 
     def offer(self, event: Event) -> None:
         """Hold, swallow or pass ``event`` on to ``deliver``."""
         if not event.type.startswith("link."):
-            self.deliver(event)
+            if self.wants(event.type):
+                self.deliver(event)
             return
         link = event.data["ifindex"]
+        now = asyncio.get_running_loop().time()
+        if event.type == "link.carrier_up" and self._quiet_until.pop(link, 0.0) >= now:
+            return
         held = self.held.get(link)
         if held is not None and _RECOVERY[held[0].type] == event.type:
             held[1].cancel()
             del self.held[link]
             self.flaps[link] = self.flaps.get(link, 0) + 1
+            if held[0].type == "link.admin_down" and "carrier" in held[0].data.get("changes", {}):
+                self._quiet_until[link] = now + self.delay
             return
         if held is not None:  # another kind of change: the held loss has happened for real
             self.release(link)
@@ -100,23 +113,25 @@ class HoldDown:
             handle = asyncio.get_running_loop().call_later(self.delay, self.release, link)
             self.held[link] = (event, handle)
             return
-        self.deliver(self._with_flaps(event, link))
+        self._deliver(event, link)
 
     def release(self, link: int) -> None:
         """Deliver the loss held for ``link`` now (its hold-down expired, or shutdown)."""
         held = self.held.pop(link, None)
         if held is not None:
             held[1].cancel()
-            self.deliver(self._with_flaps(held[0], link))
+            self._deliver(held[0], link)
 
     def release_all(self) -> None:
         """Deliver every held loss (shutdown: better late than never)."""
         for link in list(self.held):
             self.release(link)
 
-    def _with_flaps(self, event: Event, link: int) -> Event:
+    def _deliver(self, event: Event, link: int) -> None:
+        if not self.wants(event.type):
+            return
         flaps = self.flaps.pop(link, 0)
-        return with_data(event, flaps_suppressed=flaps) if flaps else event
+        self.deliver(with_data(event, flaps_suppressed=flaps) if flaps else event)
 
 
 @dataclass
@@ -138,7 +153,9 @@ class SinkWorker:
         self.types = GlobFilter(options.events)
         self.interfaces = GlobFilter(options.interfaces)
         self.queue = EventQueue(options.queue_size)
-        self.hold_down = HoldDown(options.hold_down, self._enqueue) if options.hold_down else None
+        self.hold_down = (
+            HoldDown(options.hold_down, self._enqueue, self._wants) if options.hold_down else None
+        )
         self.counters = SinkCounters()
         self._task: asyncio.Task[None] | None = None
         self._in_flight = 0  # events of the batch being delivered, not yet through
@@ -146,16 +163,17 @@ class SinkWorker:
 
     def offer(self, event: Event) -> None:
         """Queue ``event`` if the filters let it through; count a drop if the queue is full."""
-        if not (self.types.matches_all or self.types.match(event.type)):
-            return
         if not self.interfaces.matches_all:
             ifname = event.ifname
             if ifname is not None and not self.interfaces.match(ifname):
                 return
         if self.hold_down is not None:
-            self.hold_down.offer(event)
-        else:
+            self.hold_down.offer(event)  # it applies the type filter itself, after damping
+        elif self.types.matches_all or self.types.match(event.type):
             self._enqueue(event)
+
+    def _wants(self, type_: str) -> bool:
+        return self.types.matches_all or self.types.match(type_)
 
     def _enqueue(self, event: Event) -> None:
         if not self.queue.put(event):
@@ -249,6 +267,12 @@ class Fanout:
         """Start every sink and worker."""
         for worker in self.workers:
             await worker.start()
+
+    def release_held(self) -> None:
+        """Deliver every loss held by hold-down now (shutdown, before ``daemon.stopping``)."""
+        for worker in self.workers:
+            if worker.hold_down is not None:
+                worker.hold_down.release_all()
 
     def reopen(self) -> None:
         """SIGHUP: let every sink reopen its files."""

@@ -77,6 +77,7 @@ IFLA_IFNAME: Final = 3
 IFLA_MTU: Final = 4
 IFLA_MASTER: Final = 10
 IFLA_OPERSTATE: Final = 16
+IFLA_WIRELESS: Final = 11
 IFLA_LINKINFO: Final = 18
 IFLA_INFO_KIND: Final = 1
 
@@ -113,6 +114,18 @@ FRA_FWMARK: Final = 10
 FRA_TABLE: Final = 15
 FRA_FWMASK: Final = 16
 FRA_OIFNAME: Final = 17
+FIB_RULE_INVERT: Final = 0x2
+#: rule attributes beyond the classic ones, by the name `ip rule` gives them
+RULE_EXTRA_ATTRS: Final = {
+    13: "suppress_ifgroup",
+    14: "suppress_prefixlength",
+    19: "l3mdev",
+    20: "uidrange",
+    21: "protocol",
+    22: "ipproto",
+    23: "sport",
+    24: "dport",
+}
 
 # <linux/netconf.h>
 NETCONFA_IFINDEX: Final = 1

@@ -255,11 +255,17 @@ class State:
 
 def rule_subject(rule: Obj) -> str:
     """A rule as ``ip rule show`` prints it: ``32766: from all lookup main``."""
-    parts = [f"{rule['priority']}:", "from", rule["src"]]
+    parts = [f"{rule['priority']}:"]
+    if rule.get("not"):
+        parts.append("not")
+    parts += ["from", rule["src"]]
     if rule["dst"] != "all":
         parts += ["to", rule["dst"]]
     for field in ("iif", "oif", "fwmark"):
         if rule[field] is not None:
+            parts += [field, str(rule[field])]
+    for field in ("uidrange", "ipproto", "sport", "dport"):
+        if field in rule:
             parts += [field, str(rule[field])]
     if rule["action"] == "lookup":
         parts += ["lookup", str(rule["table"])]

@@ -611,6 +611,7 @@ def test_rule_with_fwmark_mask_iif_source_and_numeric_table() -> None:
     assert obj == {
         "family": "inet",
         "priority": 100,
+        "not": False,
         "src": "192.0.2.0/24",
         "dst": "all",
         "iif": "lm0",
@@ -621,7 +622,7 @@ def test_rule_with_fwmark_mask_iif_source_and_numeric_table() -> None:
         "goto": None,
         "action": "lookup",
     }
-    assert key == tuple(obj.values())
+    assert key == tuple(obj.items())
 
 
 @pytest.mark.parametrize(

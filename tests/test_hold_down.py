@@ -21,7 +21,7 @@ def link_event(factory: EventFactory, type_: str, ifindex: int = 3) -> Event:
 async def test_flap_shorter_than_hold_down_delivers_nothing_and_is_counted() -> None:
     factory = EventFactory("/linkmond/t", "default")
     delivered: list[Event] = []
-    hold = HoldDown(0.2, delivered.append)
+    hold = HoldDown(0.2, delivered.append, lambda _: True)
     hold.offer(link_event(factory, "link.carrier_lost"))
     hold.offer(link_event(factory, "link.carrier_up"))
     assert delivered == []
@@ -38,7 +38,7 @@ async def test_flap_shorter_than_hold_down_delivers_nothing_and_is_counted() -> 
 async def test_admin_down_flap_is_swallowed_and_other_links_pass() -> None:
     factory = EventFactory("/linkmond/t", "default")
     delivered: list[Event] = []
-    hold = HoldDown(10, delivered.append)
+    hold = HoldDown(10, delivered.append, lambda _: True)
     hold.offer(link_event(factory, "link.admin_down", ifindex=3))
     hold.offer(link_event(factory, "link.changed", ifindex=4))
     hold.offer(factory.make("addr.added", "lm0", {"ifindex": 3}))
@@ -48,6 +48,43 @@ async def test_admin_down_flap_is_swallowed_and_other_links_pass() -> None:
     hold.release_all()  # shutdown delivers what is still held
     assert delivered[-1].type == "link.admin_down"
     assert delivered[-1].data["flaps_suppressed"] == 1
+
+
+async def test_admin_flap_swallows_the_carrier_up_that_follows() -> None:
+    factory = EventFactory("/linkmond/t", "default")
+    delivered: list[Event] = []
+    hold = HoldDown(10, delivered.append, lambda _: True)
+    down = factory.make(
+        "link.admin_down",
+        "lm0",
+        {
+            "ifindex": 3,
+            "ifname": "lm0",
+            "changes": {"admin_up": [True, False], "carrier": [True, False]},
+        },
+    )
+    hold.offer(down)
+    hold.offer(link_event(factory, "link.admin_up"))
+    hold.offer(link_event(factory, "link.carrier_up"))  # the kernel's order for down; up
+    assert delivered == []
+    hold.offer(link_event(factory, "link.changed"))
+    assert delivered[0].type == "link.changed"
+    assert delivered[0].data["flaps_suppressed"] == 1
+
+
+async def test_flaps_are_damped_even_when_the_sink_does_not_want_recoveries() -> None:
+    factory = EventFactory("/linkmond/t", "default")
+    delivered: list[Event] = []
+    wanted = {"link.carrier_lost", "link.admin_down"}
+    hold = HoldDown(10, delivered.append, wanted.__contains__)
+    hold.offer(link_event(factory, "link.carrier_lost"))
+    hold.offer(link_event(factory, "link.carrier_up"))
+    hold.offer(link_event(factory, "link.changed"))  # not wanted: the flap count waits
+    assert delivered == []
+    hold.offer(link_event(factory, "link.carrier_lost"))
+    hold.release_all()
+    assert [e.type for e in delivered] == ["link.carrier_lost"]
+    assert delivered[0].data["flaps_suppressed"] == 1
 
 
 def _read(path: Path) -> list[dict]:
