@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from linkmond.daemon import Daemon
 from linkmond.events import Event, EventFactory
 from linkmond.logs import configure as configure_logs
 from linkmond.monitor import Monitor
+from linkmond.sinks import build_sink
 from linkmond.sinks.console import ConsoleSink
 from linkmond.source import current_netns_name
 
@@ -96,6 +98,9 @@ def _run(path: Path | None) -> int:
 
 def _check_config(path: Path | None) -> int:
     config = load_config(path)
+    for name, options in config.sinks.items():
+        # what only shows when a sink is built (an unreadable secret or CA file), as `run` would
+        build_sink(name, options, config.state_directory())
     print(json.dumps(config.effective(), indent=2))
     return 0
 
@@ -182,8 +187,12 @@ def _replay(path: Path) -> int:
         out.write(event.json_line + "\n")
 
     monitor = Monitor(factory, publish)
-    monitor.feed(data, len(data), replay=True)
-    out.flush()
+    try:
+        monitor.feed(data, len(data), replay=True)
+        out.flush()
+    except BrokenPipeError:  # `linkmond replay F | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     if monitor.stats.malformed:
         print(f"linkmond: {monitor.stats.malformed} malformed message(s) skipped", file=sys.stderr)
     return 0

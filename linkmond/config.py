@@ -90,7 +90,7 @@ class MonitorConfig(_Strict):
     #: fnmatch globs on interface names; a leading ``!`` excludes
     interfaces: list[str] = Field(default_factory=lambda: ["*"])
     #: SO_RCVBUF(FORCE) of the netlink socket; large, so a route storm does not overflow it
-    receive_buffer: Size = 16 * 1024**2
+    receive_buffer: Annotated[Size, Field(le=2**30)] = 16 * 1024**2
 
 
 class LogConfig(_Strict):
@@ -143,7 +143,7 @@ class FileSinkConfig(SinkBase):
     type: Literal["file"]
     path: Path
     fsync: Literal["never", "interval", "always"] = "never"
-    fsync_interval: Duration = 1.0
+    fsync_interval: Annotated[Duration, Field(gt=0)] = 1.0
 
 
 class JournalSinkConfig(SinkBase):
@@ -179,10 +179,10 @@ class WebhookSinkConfig(SinkBase):
     secret_env: str | None = None
     headers: dict[str, str | HeaderFromEnv | HeaderFromFile] = Field(default_factory=dict)
     format: Literal["cloudevents", "text"] = "cloudevents"
-    timeout: Duration = 10.0
-    retry_initial: Duration = 1.0
-    max_retry_delay: Duration = 300.0
-    max_age: Duration = 86400.0
+    timeout: Annotated[Duration, Field(gt=0)] = 10.0
+    retry_initial: Annotated[Duration, Field(gt=0)] = 1.0
+    max_retry_delay: Annotated[Duration, Field(gt=0)] = 300.0
+    max_age: Annotated[Duration, Field(gt=0)] = 86400.0
     max_spool: int = Field(default=100_000, ge=1)
     ca_file: Path | None = None
     tls_verify: bool = True
@@ -214,8 +214,16 @@ class Config(_Strict):
         return Path(from_systemd) if from_systemd else self.daemon.state_directory
 
     def effective(self) -> dict[str, Any]:
-        """The config with every default filled in, as ``check-config`` prints it."""
-        return self.model_dump(mode="json", by_alias=True)
+        """The config with every default filled in, as ``check-config`` prints it.
+
+        Inline header values may be credentials (``Authorization``): they are masked.
+        """
+        dumped = self.model_dump(mode="json", by_alias=True)
+        for sink in dumped["sinks"].values():
+            for name, value in sink.get("headers", {}).items():
+                if isinstance(value, str):
+                    sink["headers"][name] = "***"
+        return dumped
 
 
 class ConfigError(Exception):

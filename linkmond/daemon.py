@@ -13,7 +13,10 @@ import contextlib
 import os
 import signal
 import socket
+import sys
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
@@ -29,6 +32,8 @@ from linkmond.sinks import Sink, build_sink
 from linkmond.source import current_netns_name
 
 log = structlog.get_logger("linkmond.daemon")
+
+_IO_THREADS = "linkmond-io"
 
 #: How often STATUS= is refreshed when nothing else wakes the main loop.
 STATUS_EVERY = 5.0
@@ -63,6 +68,9 @@ class Daemon:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()  # a reload is waiting
         self._reload_requested = False
+        self._retiring: set[asyncio.Task[None]] = set()
+        #: the threads sinks write from (asyncio.to_thread), joined with a limit at the end
+        self._executor = ThreadPoolExecutor(thread_name_prefix=_IO_THREADS)
 
     @staticmethod
     def _workers(config: Config, sinks: dict[str, Sink] | None = None) -> list[SinkWorker]:
@@ -91,7 +99,27 @@ class Daemon:
             await self.main_loop()
         finally:
             await self.shutdown()
+            await self._join_threads()
         return 0
+
+    async def _join_threads(self) -> None:
+        """Wait (bounded) for the worker threads sinks wrote from, then let them go.
+
+        asyncio.run would join them without a limit, so a thread stuck writing to a pipe
+        nobody reads, or to a hung file system, would keep the process alive after SIGTERM.
+        Past the drain timeout the process exits regardless: what could be delivered was.
+        """
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.daemon.drain_timeout
+        while any(t.name.startswith(_IO_THREADS) for t in threading.enumerate()):
+            if loop.time() > deadline:
+                log.error("a sink's writer thread is stuck; exiting without it")
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(0)
+            await asyncio.sleep(0.05)
 
     # -- the three steps -------------------------------------------------------------------
 
@@ -99,6 +127,7 @@ class Daemon:
         """Sinks first (so nothing published is lost), then subscribe and fill the cache."""
         rtnl.load_system_names()
         loop = asyncio.get_running_loop()
+        loop.set_default_executor(self._executor)
         loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
@@ -126,13 +155,18 @@ class Daemon:
         log.info("started", netns=self.factory.netns, **counts)
 
     async def main_loop(self) -> None:
-        """Feed the watchdog, refresh STATUS=, reload on SIGHUP, until asked to stop."""
+        """Refresh STATUS= and carry out reloads until asked to stop.
+
+        The watchdog is fed by its own timer (see :meth:`_feed_watchdog`), so a long reload
+        cannot starve it, while a stuck event loop still does.
+        """
         interval = watchdog_interval()
-        tick = min(interval, STATUS_EVERY) if interval else STATUS_EVERY
+        if interval:
+            self._feed_watchdog(interval)
         last_status = ""
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(tick):
+                async with asyncio.timeout(STATUS_EVERY):
                     await self._wake.wait()
             self._wake.clear()
             if self._stop.is_set():
@@ -140,12 +174,16 @@ class Daemon:
             if self._reload_requested:
                 self._reload_requested = False
                 await self.reload()
-            if interval:
-                self.notifier.watchdog()
             status = self.status_line()
             if status != last_status:
                 self.notifier.status(status)
                 last_status = status
+
+    def _feed_watchdog(self, interval: float) -> None:
+        if self._stop.is_set():
+            return
+        self.notifier.watchdog()
+        asyncio.get_running_loop().call_later(interval, self._feed_watchdog, interval)
 
     async def shutdown(self) -> None:
         """Stop reading, publish ``daemon.stopping`` last, drain the sinks within the timeout."""
@@ -165,6 +203,8 @@ class Daemon:
             )
         )
         left = await self.fanout.drain(self.config.daemon.drain_timeout)
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         log.info("stopped", reason=self.stop_reason, undelivered=sum(left.values()), **stats)
 
     # -- reload ----------------------------------------------------------------------------
@@ -185,7 +225,7 @@ class Daemon:
             self.fanout.reopen()
             self.notifier.ready(self.status_line())
             return
-        if new.monitor.groups != self.config.monitor.groups:
+        if set(new.monitor.groups) != self.monitor.groups:
             log.warning("[monitor] groups changed: takes effect at the next restart")
         self.monitor.interfaces = GlobFilter(new.monitor.interfaces)
         self.monitor.set_receive_buffer(new.monitor.receive_buffer)
@@ -199,7 +239,9 @@ class Daemon:
         unchanged = {
             name
             for name, options in new.sinks.items()
-            if name in old and old[name].options == options
+            # a webhook sink is rebuilt anyway: its secret or CA file may have new contents
+            # under the same name (its spool hands over in order)
+            if name in old and old[name].options == options and options.type != "webhook"
         }
         state_directory = new.state_directory()
         # build every new sink before touching the running ones: a failure changes nothing
@@ -221,9 +263,15 @@ class Daemon:
         for worker in workers:
             if worker.name in unchanged:
                 worker.sink.reopen()
-        for worker in retired:
-            await worker.drain(new.daemon.drain_timeout)
+        if retired:  # drained in the background, together: a reload never waits for them
+            task = asyncio.create_task(self._retire(retired, new.daemon.drain_timeout))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
         return sorted(unchanged), sorted(fresh)
+
+    @staticmethod
+    async def _retire(workers: list[SinkWorker], timeout: float) -> None:
+        await asyncio.gather(*(w.drain(timeout) for w in workers))
 
     def status_line(self) -> str:
         """What ``systemctl status`` shows: carrier, events, drops."""

@@ -38,13 +38,12 @@ log = structlog.get_logger("linkmond.monitor")
 #: during a storm. The socket is still readable, so the loop calls back at once.
 READ_BUDGET: Final = 4096
 
-#: Table name → the kernel groups it needs, derived from DESIGN's group names.
-_TABLE_GROUPS: Final = {table: rtnl.GROUPS[table] for table in TABLES}
 #: Events that can mean the kernel removed routes or neighbours without a notification.
 _RECONCILE_AFTER: Final = frozenset({"link.admin_down", "link.removed", "addr.removed"})
 #: How often a dump flagged NLM_F_DUMP_INTR is tried before its result is taken as it is.
 MAX_DUMP_ATTEMPTS: Final = 3
-#: A dump that sends nothing for this long is stalled in the kernel (see _reset_socket).
+#: A dump that sends nothing for this long while the socket is read empty is stalled in the
+#: kernel (see _reset_socket); a backlog of notifications ahead of it is not a stall.
 DUMP_STALL_SECONDS: Final = 2.0
 
 
@@ -91,6 +90,7 @@ class _Dump:
     seq: int = 0
     interrupted: bool = False
     parts: int = 0  # messages received so far, for the stall watchdog
+    drained: bool = False  # the socket was read empty since the last part arrived
 
 
 class Monitor:
@@ -126,6 +126,7 @@ class Monitor:
         self._overflow_pending = False
         self._overflow_events: int | None = None  # counting while an overflow resync runs
         self._ready: asyncio.Future[None] | None = None
+        self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -151,7 +152,7 @@ class Monitor:
         await self._ready
 
     def _open_socket(self) -> None:
-        groups = [g for t in self.tables for g in _TABLE_GROUPS[t]]
+        groups = [g for t in self.tables for g in rtnl.GROUPS[t]]
         self.sock = NetlinkSocket(groups, self.receive_buffer)
         assert self._loop is not None
         self._loop.add_reader(self.sock.fileno(), self._on_readable)
@@ -163,6 +164,8 @@ class Monitor:
         sending another part (it only resumes inside a later read). A new socket, subscribed
         before the old one closes, and a full resync lose nothing.
         """
+        if self._stopping:
+            return
         log.warning("resetting the netlink socket", reason=why)
         old = self.sock
         self._current = None
@@ -188,6 +191,7 @@ class Monitor:
 
     def stop(self) -> None:
         """Process what the kernel has already queued on the socket, then close it."""
+        self._stopping = True
         if self.sock is not None:
             if self._loop is not None:
                 self._loop.remove_reader(self.sock.fileno())
@@ -206,6 +210,8 @@ class Monitor:
             try:
                 n = sock.recv_into(view)
             except BlockingIOError:
+                if self._current is not None:
+                    self._current.drained = True  # all read, and the dump sent nothing more
                 return
             except InterruptedError:
                 continue
@@ -233,6 +239,8 @@ class Monitor:
                 self.stats.messages += 1
                 if replay:
                     if mtype == rtnl.NLMSG_TSTAMP:
+                        if end - start < 8:
+                            raise DecodeError("short NLMSG_TSTAMP record")
                         t_ns = int(read_timestamp(buf, start) * 1e9)
                         continue
                     self._apply(
@@ -240,10 +248,12 @@ class Monitor:
                     )
                 elif current is not None and pid == portid and seq == current.seq:
                     current.parts += 1
+                    current.drained = False
                     if mflags & rtnl.NLM_F_DUMP_INTR:
                         current.interrupted = True
                     if mtype == rtnl.NLMSG_DONE:
-                        self._dump_done(current, 0)
+                        # a dump that failed midway says so in NLMSG_DONE's payload
+                        self._dump_done(current, read_errno(buf, start) if end - start >= 4 else 0)
                         current = self._current
                     elif mtype == rtnl.NLMSG_ERROR:
                         self._dump_done(current, read_errno(buf, start) or -1)
@@ -319,7 +329,7 @@ class Monitor:
             self._overflow_events = 0
             self.stats.resyncs += 1
             self._dumps = deque(_Dump(t, emit=True) for t in self.tables)
-        if not self._dumps or self.sock is None:
+        if not self._dumps or self.sock is None or self._stopping:
             self._current = None
             return
         dump = self._dumps.popleft()
@@ -327,12 +337,14 @@ class Monitor:
         dump.seq = self.sock.request_dump(dump.table)
         self._current = dump
         if self._loop is not None:
-            self._loop.call_later(DUMP_STALL_SECONDS, self._check_dump, dump, -1)
+            self._loop.call_later(DUMP_STALL_SECONDS, self._check_dump, dump, 0)
 
     def _check_dump(self, dump: _Dump, parts_before: int) -> None:
         if self._current is not dump or self.sock is None:
             return
-        if dump.parts == parts_before:
+        if dump.parts == parts_before and dump.drained:
+            # no part for a while although everything queued was read: a healthy dump always
+            # has its next part queued by then (the kernel adds it as we read)
             self._reset_socket(f"{dump.table} dump stalled")
         elif self._loop is not None:
             self._loop.call_later(DUMP_STALL_SECONDS, self._check_dump, dump, dump.parts)

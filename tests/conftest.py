@@ -24,7 +24,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip = pytest.mark.skip(reason=NEEDS_ROOT)
     for item in items:
-        if item.keywords.keys() & {"netns", "journald", "nspawn"}:
+        if item.keywords.keys() & {"netns", "journald", "nspawn", "root"}:
             item.add_marker(skip)
 
 

@@ -40,9 +40,9 @@ class FileSink(Sink):
 
     async def start(self) -> None:
         """Open the file now, so a bad path is reported at start-up, and start the syncer."""
-        await asyncio.to_thread(self._ensure_open)
         if self.fsync == "interval":
             self._syncer = asyncio.create_task(self._sync_every_interval())
+        await asyncio.to_thread(self._ensure_open)
 
     def _ensure_open(self) -> int:
         if self._fd is not None and self._reopen:
@@ -62,15 +62,29 @@ class FileSink(Sink):
             try:
                 fd = self._ensure_open()
                 for line in lines:
-                    view = memoryview(line)
-                    while view:  # a short write only happens when the disk fills up
-                        view = view[os.write(fd, view) :]
+                    self._write_line(fd, line)
                     done += 1
                     if self.fsync == "always":
                         os.fdatasync(fd)
                 self._dirty = True
             except OSError as exc:
                 raise SinkError(f"{self.path}: {exc.strerror or exc}", delivered=done) from exc
+
+    @staticmethod
+    def _write_line(fd: int, line: bytes) -> None:
+        written = os.write(fd, line)
+        if written == len(line):
+            return
+        # A short write (the disk filled up mid-line): finish it, or take the torn start back
+        # out so the retry does not glue a whole line onto half a line. linkmond is the only
+        # writer of its file, so the file's end is where this line began plus `written`.
+        try:
+            while written < len(line):
+                written += os.write(fd, memoryview(line)[written:])
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, os.fstat(fd).st_size - written)
+            raise
 
     async def emit(self, events: Sequence[Event]) -> None:
         """Append one line per event."""
@@ -99,9 +113,13 @@ class FileSink(Sink):
             self._syncer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._syncer
-        if self.fsync != "never":
-            await asyncio.to_thread(self._sync)
-        with self._lock:
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        with self._lock:  # never taken on the event loop: a writer may hold it on a slow disk
             if self._fd is not None:
+                if self.fsync != "never" and self._dirty:
+                    with contextlib.suppress(OSError):
+                        os.fdatasync(self._fd)
                 os.close(self._fd)
                 self._fd = None
