@@ -263,9 +263,14 @@ def decode_route(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | No
         pos += (alen + 3) & ~3
     dst_s = "default" if dst is None and dst_len == 0 else f"{dst or _zero(family)}/{dst_len}"
     src_s = None if src is None else f"{src}/{src_len}"
-    # IPv4 knows one route per (table, dst, tos, metric), and `ip route replace` may move it
-    # to another device; IPv6 keeps one per device (fe80::/64 on every link).
-    key = (family, table, dst_s, src_s, tos, metric, oif if family == _AF_INET6 else 0)
+    # The slot (family, table, dst, src, tos, metric) and the next hop(s): routes of one slot
+    # coexist when their next hops differ (see State._route_slot for how they replace).
+    hops = (
+        (gateway, oif)
+        if nexthops is None
+        else tuple((h["gateway"], h["ifindex"]) for h in nexthops)
+    )
+    key = (family, table, dst_s, src_s, tos, metric, hops)
     if deleted:
         return "route", key, None
     return (

@@ -243,9 +243,9 @@ class Monitor:
                             raise DecodeError("short NLMSG_TSTAMP record")
                         t_ns = int(read_timestamp(buf, start) * 1e9)
                         continue
-                    self._apply(
-                        mtype, buf, start, end, not (mflags & rtnl.NLM_F_MULTI), False, t_ns
-                    )
+                    emit = not (mflags & rtnl.NLM_F_MULTI)
+                    replace = bool(mflags & rtnl.NLM_F_REPLACE)
+                    self._apply(mtype, buf, start, end, emit, False, t_ns, replace)
                 elif current is not None and pid == portid and seq == current.seq:
                     current.parts += 1
                     current.drained = False
@@ -262,13 +262,22 @@ class Monitor:
                         self._apply(mtype, buf, start, end, current.emit, True, t_ns)
                 else:
                     # a notification (its pid is the portid of whoever made the change)
-                    self._apply(mtype, buf, start, end, True, False, t_ns)
+                    replace = bool(mflags & rtnl.NLM_F_REPLACE)
+                    self._apply(mtype, buf, start, end, True, False, t_ns, replace)
         except DecodeError as exc:
             self.stats.malformed += 1
             log.warning("malformed netlink datagram skipped", error=str(exc))
 
     def _apply(
-        self, mtype: int, buf: Any, start: int, end: int, emit: bool, resync: bool, t_ns: int | None
+        self,
+        mtype: int,
+        buf: Any,
+        start: int,
+        end: int,
+        emit: bool,
+        resync: bool,
+        t_ns: int | None,
+        replace: bool = False,
     ) -> None:
         entry = DECODERS.get(mtype)
         if entry is None:
@@ -282,9 +291,13 @@ class Monitor:
         if decoded is None:
             return
         table, key, obj = decoded
-        change = self.state.apply(table, key, obj, emit=emit, resync=resync)
+        state = self.state
+        change = state.apply(table, key, obj, emit=emit, resync=resync, replace=replace)
         if change is not None:
             self._emit(change, t_ns)
+        if state.needs_route_dump:
+            state.needs_route_dump = False
+            self._queue_reconcile()
 
     def _emit(self, change: Change, t_ns: int | None = None) -> None:
         if change.type in _RECONCILE_AFTER:

@@ -22,6 +22,7 @@ NLMSG_TSTAMP: Final = 15  # iproute2's rtmon writes these between messages in it
 NLM_F_REQUEST: Final = 0x1
 NLM_F_MULTI: Final = 0x2
 NLM_F_DUMP_INTR: Final = 0x10
+NLM_F_REPLACE: Final = 0x100  # on a notification: this object took another's place
 NLM_F_DUMP: Final = 0x300
 
 # <linux/rtnetlink.h> message types

@@ -61,6 +61,10 @@ class State:
         #: last known name of every ifindex seen, kept after removal so late messages resolve
         self.names: dict[int, str] = {}
         self._touched: dict[str, set[Hashable]] = {}
+        #: route slot → the key of the route in it, or a set when several share it
+        self._slots: dict[Any, Any] = {}
+        #: set when a route deletion could not be matched; the monitor re-dumps routes
+        self.needs_route_dump = False
 
     # -- lookups -------------------------------------------------------------------------
 
@@ -113,11 +117,13 @@ class State:
         *,
         emit: bool = True,
         resync: bool = False,
+        replace: bool = False,
     ) -> Change | None:
         """Fold one decoded object (None: deleted) into the cache; return the change if any.
 
         ``emit=False`` updates the cache silently (the initial dump); ``resync`` flags the
-        change as found by a re-dump rather than announced by the kernel.
+        change as found by a re-dump rather than announced by the kernel; ``replace`` is the
+        message's NLM_F_REPLACE (a route that takes the place of another).
         """
         touched = self._touched.get(table)
         if touched is not None:
@@ -126,10 +132,14 @@ class State:
         old = cache.get(key)
         if table == "netconf":
             return self._netconf(cache, key, old, obj, emit, resync)
+        if table == "route":
+            old = self._route_slot(key, old, obj, replace)
         if obj is None:
             if old is None:
                 return None
             del cache[key]  # self.names keeps a link's name: late messages still resolve
+            if table == "route":
+                self._unslot(key)
             if not emit:
                 return None
             return self._build(table, "removed", old, {}, resync)
@@ -157,6 +167,52 @@ class State:
         if "ifindex" in changes:
             changes["ifname"] = [self.ifname(old["ifindex"]), self.ifname(obj["ifindex"])]
         return self._build(table, "changed", obj, changes, resync)
+
+    def _route_slot(self, key: Any, old: Obj | None, obj: Obj | None, replace: bool) -> Obj | None:
+        """Keep the index of routes by slot (family, table, dst, src, tos, metric) and apply
+        the kernel's replace semantics; returns the entry ``obj`` is to be compared with.
+
+        A slot holds several routes when they differ in next hop (IPv4 ``ip route append``,
+        IPv6 device routes). A message that replaces (NLM_F_REPLACE), a multipath message and
+        an IPv6 gateway route (IPv6 merges those into one ECMP route) describe the whole slot:
+        the entries they supersede leave the cache, and the change is reported against them.
+        """
+        slot = key[:6]
+        held = self._slots.get(slot)  # one key (the common case), or a set of them
+        if obj is None:
+            if old is None and held is not None:
+                # a next hop we hold only inside a multipath entry (or the reverse): the
+                # cache cannot tell what is left; a route re-dump will
+                self.needs_route_dump = True
+            return old
+        if held is None or held == key:
+            self._slots[slot] = key
+            return old
+        keys = held if isinstance(held, set) else {held}
+        if (
+            replace
+            or obj["nexthops"] is not None
+            or (obj["gateway"] is not None and obj["family"] == "inet6")
+        ):
+            cache = self.tables["route"]
+            for other in [k for k in keys if k != key]:
+                superseded = cache.pop(other)
+                keys.discard(other)
+                if old is None:
+                    old = superseded
+        keys.add(key)
+        self._slots[slot] = keys if len(keys) > 1 else key
+        return old
+
+    def _unslot(self, key: Any) -> None:
+        slot = key[:6]
+        held = self._slots.get(slot)
+        if held == key:
+            del self._slots[slot]
+        elif isinstance(held, set):
+            held.discard(key)
+            if len(held) == 1:
+                self._slots[slot] = next(iter(held))
 
     def _link(self, old: Obj, new: Obj, emit: bool, resync: bool) -> Change | None:
         changes: dict[str, list[Any]] = {}

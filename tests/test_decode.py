@@ -381,7 +381,7 @@ def test_route_default_with_gateway_and_table_from_rta_table() -> None:
     )
     assert decode_one(msg) == (
         "route",
-        (socket.AF_INET, 1000, "default", None, 0, 100, 0),
+        (socket.AF_INET, 1000, "default", None, 0, 100, ("192.0.2.254", 3)),
         {
             "family": "inet",
             "dst": "default",
@@ -414,7 +414,7 @@ def test_route_cidr_dst_with_names_for_table_protocol_scope() -> None:
         scope=253,
     )
     _, key, obj = decode_one(msg)
-    assert key == (socket.AF_INET, 254, "198.51.100.0/24", None, 0, 0, 0)
+    assert key == (socket.AF_INET, 254, "198.51.100.0/24", None, 0, 0, (None, 4))
     assert obj["dst"] == "198.51.100.0/24"
     assert (obj["table"], obj["protocol"], obj["scope"], obj["type"]) == (
         "main",
@@ -463,7 +463,15 @@ def test_route_multipath_nexthops_with_gateways_interfaces_and_weights() -> None
         proto=186,
     )
     _, key, obj = decode_one(msg)
-    assert key == (socket.AF_INET6, 254, "2001:db8::/32", None, 0, 0, 0)
+    assert key == (
+        socket.AF_INET6,
+        254,
+        "2001:db8::/32",
+        None,
+        0,
+        0,
+        (("fe80::1", 3), ("fe80::2", 4)),
+    )
     assert obj["ifindex"] is None
     assert obj["gateway"] is None
     # rtnh_hops is the weight minus one, as `ip route` shows it
@@ -494,7 +502,7 @@ def test_route_source_prefix_is_part_of_the_key() -> None:
     attrs = [("RTA_TABLE", 254), ("RTA_SRC", "2001:db8:1::"), ("RTA_OIF", 3)]
     _, key, obj = decode_one(encode(rtmsg, rtnl.RTM_NEWROUTE, fields, attrs))
     assert obj["src"] == "2001:db8:1::/48"
-    assert key == (socket.AF_INET6, 254, "default", "2001:db8:1::/48", 0, 0, 3)
+    assert key == (socket.AF_INET6, 254, "default", "2001:db8:1::/48", 0, 0, (None, 3))
 
 
 def test_route_cloned_entries_are_ignored() -> None:

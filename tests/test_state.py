@@ -87,7 +87,15 @@ def addr(address: str, prefixlen: int, *, flags: int = 0x80, index: int = 3, del
     return _decode(ifaddrmsg, mtype, fields, [("IFA_ADDRESS", address), ("IFA_FLAGS", flags)])
 
 
-def route(dst: str | None, dst_len: int, *, gateway: str | None = None, oif: int = 3, **kw: Any):
+def route(
+    dst: str | None,
+    dst_len: int,
+    *,
+    gateway: str | None = None,
+    oif: int = 3,
+    deleted: bool = False,
+    **kw: Any,
+):
     attrs: list[Any] = [("RTA_TABLE", 254), ("RTA_OIF", oif)]
     if dst is not None:
         attrs.append(("RTA_DST", dst))
@@ -95,7 +103,7 @@ def route(dst: str | None, dst_len: int, *, gateway: str | None = None, oif: int
         attrs.append(("RTA_GATEWAY", gateway))
     fields = {"family": socket.AF_INET, "dst_len": dst_len, "table": 254, "proto": 4, "type": 1}
     fields |= kw
-    return _decode(rtmsg, rtnl.RTM_NEWROUTE, fields, attrs)
+    return _decode(rtmsg, rtnl.RTM_DELROUTE if deleted else rtnl.RTM_NEWROUTE, fields, attrs)
 
 
 def neigh(address: str, state: int, lladdr: str | None = "02:00:00:00:00:0a"):
@@ -337,16 +345,36 @@ def test_route_gateway_change_is_route_changed(state: State) -> None:
     assert added is not None
     assert (added.type, added.subject) == ("route.added", "default")
     assert added.data["ifname"] == "lm0"
-    changed = apply(state, route(None, 0, gateway="192.0.2.253"))
+    # `ip route replace` announces the new route with NLM_F_REPLACE
+    changed = apply(state, route(None, 0, gateway="192.0.2.253"), replace=True)
     assert changed is not None
     assert changed.type == "route.changed"
     assert changed.data["changes"] == {"gateway": ["192.0.2.254", "192.0.2.253"]}
 
 
+def test_routes_of_one_slot_coexist_unless_one_replaces_the_other(state: State) -> None:
+    """IPv4 `ip route append`: same destination and metric, another gateway, both exist."""
+    apply(state, route("198.51.100.0", 24, gateway="192.0.2.2"))
+    second = apply(state, route("198.51.100.0", 24, gateway="192.0.2.3"))
+    assert second is not None
+    assert second.type == "route.added"
+    assert len(state.tables["route"]) == 2
+    gone = apply(state, route("198.51.100.0", 24, gateway="192.0.2.2", deleted=True))
+    assert gone is not None
+    assert (gone.type, gone.data["gateway"]) == ("route.removed", "192.0.2.2")
+    assert [r["gateway"] for r in state.tables["route"].values()] == ["192.0.2.3"]
+
+
+def test_an_unmatched_route_deletion_asks_for_a_route_dump(state: State) -> None:
+    apply(state, route("198.51.100.0", 24, gateway="192.0.2.2"))
+    assert apply(state, route("198.51.100.0", 24, gateway="192.0.2.9", deleted=True)) is None
+    assert state.needs_route_dump
+
+
 def test_route_interface_change_also_reports_the_interface_names(state: State) -> None:
     apply(state, link(BASE | UP | LOWER, "UP", index=4, ifname="lm1"))
     apply(state, route("198.51.100.0", 24))
-    change = apply(state, route("198.51.100.0", 24, oif=4))
+    change = apply(state, route("198.51.100.0", 24, oif=4), replace=True)
     assert change is not None
     assert (change.type, change.subject, change.ifname) == (
         "route.changed",
@@ -464,15 +492,18 @@ def test_resync_sweep_removes_untouched_keys_flagged_resync(state: State) -> Non
     apply(state, route("198.51.100.0", 24), emit=False)
     apply(state, route(None, 0, gateway="192.0.2.254"), emit=False)
     state.begin_resync("route")
-    # the dump shows one route unchanged and one changed; a notification adds a new one
+    # the dump shows one route unchanged and the default route through another gateway (a
+    # dump cannot say "replaced": IPv4 routes with different next hops may coexist); a
+    # notification adds a new one
     assert apply(state, route("192.0.2.0", 24), resync=True) is None
-    changed = apply(state, route(None, 0, gateway="192.0.2.1"), resync=True)
-    assert changed is not None
-    assert (changed.type, changed.data["resync"]) == ("route.changed", True)
+    added = apply(state, route(None, 0, gateway="192.0.2.1"), resync=True)
+    assert added is not None
+    assert (added.type, added.data["resync"]) == ("route.added", True)
     apply(state, route("192.0.2.128", 25))
     removed = state.end_resync("route", emit=True)
-    assert [(c.type, c.subject, c.data["resync"]) for c in removed] == [
-        ("route.removed", "198.51.100.0/24", True)
+    assert sorted((c.type, c.subject, c.data["gateway"], c.data["resync"]) for c in removed) == [
+        ("route.removed", "198.51.100.0/24", None, True),
+        ("route.removed", "default", "192.0.2.254", True),
     ]
     assert sorted(o["dst"] for o in state.tables["route"].values()) == [
         "192.0.2.0/24",
