@@ -38,7 +38,6 @@ _U32: Final = struct.Struct("=I")
 _I32: Final = struct.Struct("=i")
 _TIMEVAL: Final = struct.Struct("=II")
 
-NLMSGHDR_LEN: Final = _NLMSGHDR.size
 # Aliases of rtnl's tables for the route decoder: a global lookup instead of rtnl.X (the same
 # dict objects, so names rtnl.load_system_names() adds at start-up show here too).
 _FAMILIES: Final = rtnl.FAMILY_NAMES

@@ -17,10 +17,9 @@ import asyncio
 import errno
 import gc
 import struct
-import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import structlog
@@ -69,7 +68,6 @@ class Stats:
     malformed: int = 0
     overflows: int = 0
     resyncs: int = 0
-    started_ns: int = field(default_factory=time.monotonic_ns)
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a JSON-ready dict."""
@@ -326,7 +324,10 @@ class Monitor:
 
     def _on_overflow(self) -> None:
         self.stats.overflows += 1
-        log.warning("netlink receive buffer overflowed; re-dumping", overflows=self.stats.overflows)
+        if not self._overflow_pending and self._overflow_events is None:  # once per re-dump
+            log.warning(
+                "netlink receive buffer overflowed; re-dumping", overflows=self.stats.overflows
+            )
         if self._ready is not None and not self._ready.done():
             # still filling the cache: what was lost predates readiness; fill it again, silently
             self._dumps = deque(_Dump(t, emit=False) for t in self.tables)

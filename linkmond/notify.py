@@ -29,11 +29,6 @@ class Notifier:
             else:
                 log.warning("NOTIFY_SOCKET is set but cannot be reached")
 
-    @property
-    def enabled(self) -> bool:
-        """Whether a service manager is listening."""
-        return self._notifier is not None
-
     def send(self, *assignments: str) -> None:
         """Send ``KEY=value`` lines in one datagram; failures are logged, never raised."""
         if self._notifier is None:

@@ -17,7 +17,6 @@ NETLINK_ADD_MEMBERSHIP: Final = 1
 NLMSG_NOOP: Final = 1
 NLMSG_ERROR: Final = 2
 NLMSG_DONE: Final = 3
-NLMSG_OVERRUN: Final = 4
 NLMSG_TSTAMP: Final = 15  # iproute2's rtmon writes these between messages in its files
 NLM_F_REQUEST: Final = 0x1
 NLM_F_MULTI: Final = 0x2
@@ -98,7 +97,6 @@ RTA_PREFSRC: Final = 7
 RTA_MULTIPATH: Final = 9
 RTA_TABLE: Final = 15
 RTA_VIA: Final = 18
-RTA_NH_ID: Final = 30
 RTM_F_CLONED: Final = 0x200
 
 # <linux/neighbour.h>

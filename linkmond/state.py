@@ -13,6 +13,7 @@ become ``*.removed`` changes.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -20,6 +21,8 @@ from typing import Any, Final
 from linkmond.decode import Obj
 
 TABLES: Final = ("link", "addr", "route", "neigh", "rule", "netconf")
+#: how many removed links keep their name for late messages
+REMEMBER_REMOVED_NAMES: Final = 1024
 
 #: Flags already represented by admin_up / carrier / operstate: not reported again as flags.
 _STATE_FLAGS: Final = frozenset({"up", "running", "lower_up", "dormant"})
@@ -58,8 +61,9 @@ class State:
 
     def __init__(self) -> None:
         self.tables: dict[str, dict[Hashable, Obj]] = {name: {} for name in TABLES}
-        #: last known name of every ifindex seen, kept after removal so late messages resolve
+        #: last known name of every ifindex seen, kept a while after removal (late messages)
         self.names: dict[int, str] = {}
+        self._removed: deque[Any] = deque()
         self._touched: dict[str, set[Hashable]] = {}
         #: route slot → the key of the route in it, or a set when several share it
         self._slots: dict[Any, Any] = {}
@@ -137,7 +141,9 @@ class State:
         if obj is None:
             if old is None:
                 return None
-            del cache[key]  # self.names keeps a link's name: late messages still resolve
+            del cache[key]
+            if table == "link":
+                self._forget_name_later(key)
             if table == "route":
                 self._unslot(key)
             if not emit:
@@ -167,6 +173,15 @@ class State:
         if "ifindex" in changes:
             changes["ifname"] = [self.ifname(old["ifindex"]), self.ifname(obj["ifindex"])]
         return self._build(table, "changed", obj, changes, resync)
+
+    def _forget_name_later(self, ifindex: Any) -> None:
+        # a removed link's name still serves late messages about its addresses and routes;
+        # the oldest of the removed ones are forgotten, so container churn cannot grow it
+        self._removed.append(ifindex)
+        if len(self._removed) > REMEMBER_REMOVED_NAMES:
+            gone = self._removed.popleft()
+            if gone not in self.tables["link"]:
+                self.names.pop(gone, None)
 
     def _route_slot(self, key: Any, old: Obj | None, obj: Obj | None, replace: bool) -> Obj | None:
         """Keep the index of routes by slot (family, table, dst, src, tos, metric) and apply

@@ -718,3 +718,15 @@ def test_netconf_all_event_is_not_bound_to_an_interface() -> None:
     apply(state, netconf(-1, forwarding=0))
     event = _event(apply(state, netconf(-1, forwarding=1)))
     assert event.ifname is None
+
+
+def test_names_of_removed_links_are_kept_for_a_while_then_forgotten(state: State) -> None:
+    from linkmond.state import REMEMBER_REMOVED_NAMES
+
+    for index in range(10, 10 + REMEMBER_REMOVED_NAMES + 50):
+        apply(state, link(BASE | UP, "DOWN", index=index, ifname=f"veth{index}"))
+        apply(state, link(BASE | UP, "DOWN", index=index, ifname=f"veth{index}", deleted=True))
+    assert len(state.names) == REMEMBER_REMOVED_NAMES + len(state.tables["link"])
+    last = 10 + REMEMBER_REMOVED_NAMES + 49
+    assert state.ifname(last) == f"veth{last}"  # a late message about it still resolves
+    assert state.ifname(10) is None
