@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import gc
-import struct
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any, Final
 import structlog
 
 from linkmond import rtnl
-from linkmond.decode import DECODERS, DecodeError, read_errno, read_timestamp, split_messages
+from linkmond.decode import DecodeError, decode, read_errno, read_timestamp, split_messages
 from linkmond.events import Event, EventFactory
 from linkmond.filters import GlobFilter
 from linkmond.source import READ_SIZE, NetlinkSocket, is_overflow
@@ -277,12 +276,9 @@ class Monitor:
         t_ns: int | None,
         replace: bool = False,
     ) -> None:
-        entry = DECODERS.get(mtype)
-        if entry is None:
-            return
         try:
-            decoded = entry[0](buf, start, end, entry[1])
-        except (DecodeError, struct.error, IndexError, ValueError, OSError) as exc:
+            decoded = decode(mtype, buf, start, end)
+        except DecodeError as exc:
             self.stats.malformed += 1
             log.warning("malformed netlink message skipped", type=mtype, error=str(exc))
             return
