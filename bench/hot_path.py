@@ -1,7 +1,7 @@
 """CPU cost of the hot path without the kernel: decode → diff → event → queue.
 
 Builds N RTM_NEWROUTE messages (IPv6 /128s from 2001:db8::/32, the shape the kernel sends)
-with struct, then feeds them to a Monitor one datagram at a time, as the socket reader does,
+with struct, then feeds them to a NetnsWatcher one datagram at a time, as the socket reader does,
 publishing through the real fan-out filters into a sink's bounded queue (the sink itself
 does not run; its batches are taken off the queue as its worker would). Reports events/s on
 one core, with the daemon's garbage-collector settings.
@@ -30,8 +30,9 @@ from linkmond import rtnl
 from linkmond.config import FileSinkConfig
 from linkmond.events import EventFactory
 from linkmond.fanout import BATCH_MAX, SinkWorker
-from linkmond.monitor import Monitor, tune_gc
+from linkmond.publisher import Publisher
 from linkmond.sinks.file import FileSink
+from linkmond.watcher import NetnsWatcher, tune_gc
 
 
 def nla(atype: int, payload: bytes) -> bytes:
@@ -53,9 +54,11 @@ def route_message(i: int, ifindex: int = 2) -> bytes:
 
 
 async def run(n: int, profile: bool) -> dict[str, float]:
-    options = FileSinkConfig(type="file", path=Path("/dev/null"), queue_size=n)
+    options = FileSinkConfig.model_validate(
+        {"type": "file", "path": "/dev/null", "buffer": {"max_events": n}}
+    )
     worker = SinkWorker("bench", FileSink(options.path), options)
-    monitor = Monitor(EventFactory("/linkmond/bench", "bench"), worker.offer)
+    monitor = NetnsWatcher(Publisher(EventFactory("/linkmond/bench", "bench"), worker.offer))
     datagrams = [route_message(i) for i in range(n)]
     tune_gc()  # as the daemon does once its initial dump is in
     buf = bytearray(1 << 16)

@@ -4,29 +4,35 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from linkmond import __version__, rtnl
 from linkmond.config import (
     EX_CONFIG,
+    BufferConfig,
     Config,
     ConfigError,
     ConsoleSinkConfig,
     LogConfig,
     load_config,
 )
-from linkmond.daemon import Daemon
 from linkmond.events import Event, EventFactory
 from linkmond.logs import configure as configure_logs
-from linkmond.monitor import Monitor
-from linkmond.sinks import build_sink
-from linkmond.sinks.console import ConsoleSink
+from linkmond.publisher import Publisher
 from linkmond.source import current_netns_name
+
+if TYPE_CHECKING:
+    from linkmond.state import State
+
+# The daemon and the sinks (aiohttp among them) are imported by the commands that use them:
+# `replay` and `status` start several times faster without them.
 
 #: ``monitor`` shows what changed, not the daemon's own start and stop
 MONITOR_DEFAULT_TYPES = ["*", "!daemon.started", "!daemon.stopping"]
@@ -93,10 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(path: Path | None) -> int:
     config = load_config(path)
     configure_logs(config.log.level, config.log.format)
+    from linkmond.daemon import Daemon
+
     return asyncio.run(Daemon(config, reload_config=lambda: load_config(path)).run())
 
 
 def _check_config(path: Path | None) -> int:
+    from linkmond.sinks import build_sink
+
     config = load_config(path)
     for name, options in config.sinks.items():
         # what only shows when a sink is built (an unreadable secret or CA file), as `run` would
@@ -112,9 +122,13 @@ def _monitor(args: argparse.Namespace) -> int:
         json=args.json,
         events=args.type or MONITOR_DEFAULT_TYPES,
         interfaces=args.interface or ["*"],
-        queue_size=100_000,
+        # a terminal that cannot keep up loses lines, never holds the reader back
+        buffer=BufferConfig(max_events=100_000, when_full="drop_newest"),
     )
     config = Config(log=LogConfig(level="warning"), sinks={"console": console})
+
+    from linkmond.daemon import Daemon
+    from linkmond.sinks.console import ConsoleSink
 
     async def go() -> int:
         daemon = Daemon(config)
@@ -130,14 +144,16 @@ def _status(as_json: bool) -> int:
     configure_logs("warning", "auto")
     rtnl.load_system_names()
 
-    async def snapshot() -> Monitor:
-        monitor = Monitor(EventFactory("", ""), lambda e: None, groups=("link", "addr"))
-        await monitor.start()
-        monitor.stop()
-        return monitor
+    from linkmond.watcher import NetnsWatcher
 
-    monitor = asyncio.run(snapshot())
-    state = monitor.state
+    async def snapshot() -> State:
+        publisher = Publisher(EventFactory("", ""), lambda e: None)
+        watcher = NetnsWatcher(publisher, groups=("link", "addr"))
+        await watcher.start()
+        watcher.stop()
+        return watcher.state
+
+    state = asyncio.run(snapshot())
     addrs: dict[int, list[str]] = {}
     for addr in state.tables["addr"].values():
         addrs.setdefault(addr["ifindex"], []).append(f"{addr['address']}/{addr['prefixlen']}")
@@ -181,18 +197,29 @@ def _replay(path: Path) -> int:
     configure_logs("warning", "auto")
     rtnl.load_system_names()
     factory = EventFactory(f"/linkmond/{socket.gethostname()}", current_netns_name())
-    out = sys.stdout
+    out = sys.stdout.buffer
+    pending: list[bytes] = []
 
     def publish(event: Event) -> None:
-        out.write(event.json_line + "\n")
+        pending.append(event.jsonl)
+        if len(pending) >= 4096:
+            flush()
 
-    monitor = Monitor(factory, publish)
+    def flush() -> None:
+        out.write(b"".join(pending))
+        pending.clear()
+
+    from linkmond.replay import ReplaySource
+
+    source = ReplaySource(Publisher(factory, publish))
+    gc.disable()  # a short-lived run whose cache only grows: the collector would only re-walk it
     try:
-        monitor.feed(data, len(data), replay=True)
+        source.feed(data)
+        flush()
         out.flush()
     except BrokenPipeError:  # `linkmond replay F | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    if monitor.stats.malformed:
-        print(f"linkmond: {monitor.stats.malformed} malformed message(s) skipped", file=sys.stderr)
+    if source.malformed:
+        print(f"linkmond: {source.malformed} malformed message(s) skipped", file=sys.stderr)
     return 0

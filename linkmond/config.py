@@ -2,7 +2,7 @@
 
 Every table forbids unknown keys: a typo is an error, never silently ignored. Sinks are named
 tables with a ``type`` discriminator; the options every sink shares (``events``,
-``interfaces``, ``hold_down``, ``queue_size``) live in :class:`SinkBase`, so each sink's model
+``interfaces``, ``hold_down``, ``buffer``) live in :class:`SinkBase`, so each sink's model
 only adds its own. A bad file raises :class:`ConfigError` naming the file, the key path and
 the problem; the CLI turns that into one line on stderr and exit status 78 (EX_CONFIG).
 """
@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -116,8 +117,28 @@ def _http_url(value: str) -> str:
     return value
 
 
+WhenFull = Literal["block", "drop_newest"]
+
+
+class BufferConfig(_Strict):
+    """A sink's ``buffer`` (DESIGN §3, Vector's names): how many events wait for the sink, and
+    what happens when that many are waiting.
+
+    ``block`` is lossless: the reader stops reading the socket until the sink catches up (the
+    kernel's receive buffer absorbs what comes, and an overflow there is recovered by a
+    re-dump). ``drop_newest`` refuses new events for this sink only and counts them.
+    """
+
+    max_events: Annotated[int, Field(ge=1, strict=True)] = 10_000
+    #: required here; a sink's table fills in its type's default when the user leaves it out
+    when_full: WhenFull
+
+
 class SinkBase(_Strict):
     """Options every sink accepts, applied by the shared fan-out before the sink sees an event."""
+
+    #: ``buffer.when_full`` when the config does not say: lossless unless a sink overrides it
+    default_when_full: ClassVar[WhenFull] = "block"
 
     #: globs on the event type, e.g. ``["link.*", "!link.changed"]``
     events: list[str] = Field(default_factory=lambda: ["*"])
@@ -125,12 +146,23 @@ class SinkBase(_Strict):
     interfaces: list[str] = Field(default_factory=lambda: ["*"])
     #: flap damping: deliver carrier_lost/admin_down only if still lost after this (0: off)
     hold_down: Duration = 0.0
-    #: events buffered for this sink before new ones are dropped (and counted)
-    queue_size: int = Field(default=10_000, ge=1)
+    #: events waiting for this sink, and what a full buffer does (block the reader or drop)
+    buffer: BufferConfig = Field(default_factory=dict, validate_default=True)
+
+    @field_validator("buffer", mode="before")
+    @classmethod
+    def _fill_when_full(cls, value: Any) -> Any:
+        # the default depends on the sink type, also inside a `buffer` table that omits it
+        if isinstance(value, dict) and "when_full" not in value:
+            return {**value, "when_full": cls.default_when_full}
+        return value
 
 
 class ConsoleSinkConfig(SinkBase):
     """``type = "console"``: one human line per event on stdout, or JSON lines."""
+
+    #: a terminal is for watching: never hold the reader back for it
+    default_when_full: ClassVar[WhenFull] = "drop_newest"
 
     type: Literal["console"]
     json_lines: bool = Field(default=False, alias="json")
@@ -276,6 +308,10 @@ def parse_config(text: str, path: Path | str = "<config>") -> Config:
     return config
 
 
+#: sink keys of earlier versions → what replaced them, so an old config says what to write
+_RENAMED: Final = {"queue_size": "buffer.max_events"}
+
+
 def _describe(err: Any, raw: dict[str, Any]) -> tuple[str, str]:
     loc = list(err["loc"])
     # a discriminated union puts the tag in the path: sinks.<name>.<type>.<key> → drop it
@@ -292,6 +328,8 @@ def _describe(err: Any, raw: dict[str, Any]) -> tuple[str, str]:
         return f"{key}.type", f"unknown sink type {err['input'].get('type')!r} (expected {tags})"
     if kind == "union_tag_not_found":
         return f"{key}.type", "required key is missing (console, file, journal or webhook)"
+    if kind == "extra_forbidden" and len(loc) == 3 and loc[0] == "sinks" and loc[2] in _RENAMED:
+        return key, f"replaced by {_RENAMED[loc[2]]}"
     if kind == "extra_forbidden" and loc[-1] == "secret":
         return key, "secrets never go in the config file: use secret_file or secret_env"
     if kind == "extra_forbidden":

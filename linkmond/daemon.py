@@ -26,10 +26,11 @@ from linkmond.events import EventFactory
 from linkmond.fanout import Fanout, SinkWorker
 from linkmond.filters import GlobFilter
 from linkmond.logs import configure as configure_logs
-from linkmond.monitor import Monitor, tune_gc
 from linkmond.notify import Notifier, watchdog_interval
+from linkmond.publisher import Publisher
 from linkmond.sinks import Sink, build_sink
 from linkmond.source import current_netns_name
+from linkmond.watcher import NetnsWatcher, tune_gc
 
 log = structlog.get_logger("linkmond.daemon")
 
@@ -40,7 +41,7 @@ STATUS_EVERY = 5.0
 
 
 class Daemon:
-    """One run of linkmond: a monitor feeding a fan-out of sinks.
+    """One run of linkmond: a namespace watcher feeding a publisher feeding a fan-out of sinks.
 
     ``reload_config`` is called on SIGHUP for the new configuration (None: nothing to
     re-read, SIGHUP only reopens files); ``sinks`` overrides building them from the config.
@@ -56,12 +57,18 @@ class Daemon:
         self.reload_config = reload_config
         self.factory = EventFactory(f"/linkmond/{socket.gethostname()}", current_netns_name())
         self.fanout = Fanout(self._workers(config, sinks))
-        self.monitor = Monitor(
+        self.publisher = Publisher(
             self.factory,
             self.fanout.publish,
             groups=config.monitor.groups,
             interfaces=GlobFilter(config.monitor.interfaces),
+            wants=self.fanout.wants,
+        )
+        self.watcher = NetnsWatcher(
+            self.publisher,
+            groups=config.monitor.groups,
             receive_buffer=config.monitor.receive_buffer,
+            backpressure=self.fanout,
         )
         self.notifier = Notifier()
         self.stop_reason = ""
@@ -132,24 +139,21 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         await self.fanout.start()
-        await self.monitor.start()
+        await self.watcher.start()
         tune_gc()
-        counts = self.monitor.state.counts()
-        sock = self.monitor.sock
-        self.fanout.publish(
-            self.factory.make(
-                "daemon.started",
-                "linkmond",
-                {
-                    "version": __version__,
-                    "pid": os.getpid(),
-                    "netns": self.factory.netns,
-                    "groups": list(self.config.monitor.groups),
-                    "receive_buffer": sock.receive_buffer if sock else 0,
-                    "counts": counts,
-                    "links_with_carrier": self.monitor.state.links_with_carrier(),
-                },
-            )
+        counts = self.watcher.state.counts()
+        sock = self.watcher.sock
+        self.publisher.daemon_event(
+            "started",
+            {
+                "version": __version__,
+                "pid": os.getpid(),
+                "netns": self.factory.netns,
+                "groups": list(self.config.monitor.groups),
+                "receive_buffer": sock.receive_buffer if sock else 0,
+                "counts": counts,
+                "links_with_carrier": self.watcher.state.links_with_carrier(),
+            },
         )
         self.notifier.ready(self.status_line())
         log.info("started", netns=self.factory.netns, **counts)
@@ -188,19 +192,16 @@ class Daemon:
     async def shutdown(self) -> None:
         """Stop reading, publish ``daemon.stopping`` last, drain the sinks within the timeout."""
         self.notifier.stopping()
-        self.monitor.stop()
+        self.watcher.stop()
         self.fanout.release_held()  # so that daemon.stopping is the last event everywhere
-        stats = self.monitor.stats.as_dict()
-        self.fanout.publish(
-            self.factory.make(
-                "daemon.stopping",
-                "linkmond",
-                {
-                    "reason": self.stop_reason or "stopped",
-                    "stats": stats,
-                    "sinks": self.fanout.counters(),
-                },
-            )
+        stats = self.stats()
+        self.publisher.daemon_event(
+            "stopping",
+            {
+                "reason": self.stop_reason or "stopped",
+                "stats": stats,
+                "sinks": self.fanout.counters(),
+            },
         )
         left = await self.fanout.drain(self.config.daemon.drain_timeout)
         if self._retiring:
@@ -225,10 +226,10 @@ class Daemon:
             self.fanout.reopen()
             self.notifier.ready(self.status_line())
             return
-        if set(new.monitor.groups) != self.monitor.groups:
+        if list(new.monitor.groups) != list(self.config.monitor.groups):
             log.warning("[monitor] groups changed: takes effect at the next restart")
-        self.monitor.interfaces = GlobFilter(new.monitor.interfaces)
-        self.monitor.set_receive_buffer(new.monitor.receive_buffer)
+        self.publisher.interfaces = GlobFilter(new.monitor.interfaces)
+        self.watcher.set_receive_buffer(new.monitor.receive_buffer)
         configure_logs(new.log.level, new.log.format)
         self.config = new
         log.info("reloaded", kept=kept, started=started)
@@ -273,14 +274,24 @@ class Daemon:
     async def _retire(workers: list[SinkWorker], timeout: float) -> None:
         await asyncio.gather(*(w.drain(timeout) for w in workers))
 
+    def stats(self) -> dict[str, int | float]:
+        """The reader's counters: messages, events, malformed, overflows, resyncs, dumps by
+        kind, and how often and how long full lossless sinks paused the reader."""
+        stats: dict[str, int | float] = {"events": self.publisher.events}
+        stats.update(self.watcher.counters())
+        stats.update(self.fanout.pause_stats())
+        return stats
+
     def status_line(self) -> str:
-        """What ``systemctl status`` shows: carrier, events, drops."""
-        state = self.monitor.state
+        """What ``systemctl status`` shows: carrier, events, drops, overflows, pauses."""
+        state = self.watcher.state
         links = len(state.tables["link"])
         counters = self.fanout.counters()
         dropped = sum(c["dropped"] for c in counters.values())
+        pauses = self.fanout.pause_stats()
         return (
             f"{state.links_with_carrier()}/{links} links with carrier; "
-            f"{self.monitor.stats.events} events; {dropped} dropped; "
-            f"{self.monitor.stats.overflows} overflows"
+            f"{self.publisher.events} events; {dropped} dropped; "
+            f"{self.watcher.stats.overflows} overflows; "
+            f"reader paused {pauses['pauses']}x for {pauses['paused_seconds']:.1f}s"
         )

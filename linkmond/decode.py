@@ -19,10 +19,11 @@ from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Final
 
 from linkmond import rtnl
+from linkmond.routes import Hop, Route
 
 Buffer = bytes | bytearray | memoryview
 Obj = dict[str, Any]
-Decoded = tuple[str, Hashable, Obj | None]
+Decoded = tuple[str, Hashable, Any]  # the object: an Obj, a Route, or None for a deletion
 Decoder = Callable[[Buffer, int, int, bool], Decoded | None]
 
 _inet_ntop: Final = socket.inet_ntop
@@ -47,6 +48,21 @@ _SCOPES: Final = rtnl.SCOPE_NAMES
 _ROUTE_TYPES: Final = rtnl.ROUTE_TYPE_NAMES
 _N_ROUTE_TYPES: Final = len(rtnl.ROUTE_TYPE_NAMES)
 _AF_INET6: Final = rtnl.AF_INET6
+_new_route: Final = tuple.__new__  # Route(...) without NamedTuple's Python-level __new__
+
+#: Repeated values of a route table (next hops, gateways, metrics) kept once: a full table
+#: has a million routes but only a handful of distinct next hops. Bounded: cleared when full.
+_INTERNED: dict[Any, Any] = {}
+_INTERN_MAX: Final = 65536
+
+
+def _intern(value: Any) -> Any:
+    held = _INTERNED.get(value)
+    if held is None:
+        if len(_INTERNED) >= _INTERN_MAX:
+            _INTERNED.clear()
+        _INTERNED[value] = held = value
+    return held
 
 
 class DecodeError(ValueError):
@@ -264,10 +280,13 @@ def decode_route(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | No
     src_s = None if src is None else f"{src}/{src_len}"
     # The slot (family, table, dst, src, tos, metric) and the next hop(s): routes of one slot
     # coexist when their next hops differ (see State._route_slot for how they replace).
-    hops = (
-        (gateway, oif)
-        if nexthops is None
-        else tuple((h["gateway"], h["ifindex"]) for h in nexthops)
+    intern = _intern
+    if gateway is not None:
+        gateway = intern(gateway)
+    if metric > 256:  # small ints are shared by Python already
+        metric = intern(metric)
+    hops = intern(
+        (gateway, oif) if nexthops is None else tuple((h.gateway, h.ifindex) for h in nexthops)
     )
     key = (family, table, dst_s, src_s, tos, metric, hops)
     if deleted:
@@ -275,21 +294,24 @@ def decode_route(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | No
     return (
         "route",
         key,
-        {
-            "family": _FAMILIES[family],
-            "dst": dst_s,
-            "src": src_s,
-            "gateway": gateway,
-            "ifindex": oif or None,
-            "table": _TABLES.get(table) or str(table),
-            "protocol": _PROTOCOLS.get(proto) or str(proto),
-            "scope": _SCOPES.get(scope) or str(scope),
-            "type": _ROUTE_TYPES[rtype] if rtype < _N_ROUTE_TYPES else str(rtype),
-            "metric": metric,
-            "prefsrc": prefsrc,
-            "tos": tos,
-            "nexthops": nexthops,
-        },
+        _new_route(
+            Route,
+            (
+                _FAMILIES[family],
+                dst_s,
+                src_s,
+                gateway,
+                oif or None,
+                _TABLES.get(table) or intern(str(table)),
+                _PROTOCOLS.get(proto) or intern(str(proto)),
+                _SCOPES.get(scope) or intern(str(scope)),
+                _ROUTE_TYPES[rtype] if rtype < _N_ROUTE_TYPES else intern(str(rtype)),
+                metric,
+                None if prefsrc is None else intern(prefsrc),
+                tos,
+                nexthops,
+            ),
+        ),
     )
 
 
@@ -304,8 +326,8 @@ def _via(buf: Buffer, start: int, end: int) -> str | None:
     return _ip(family, buf, start + 2, end)
 
 
-def _nexthops(family: int, buf: Buffer, pos: int, end: int) -> list[dict[str, Any]]:
-    hops: list[dict[str, Any]] = []
+def _nexthops(family: int, buf: Buffer, pos: int, end: int) -> tuple[Hop, ...]:
+    hops: list[Hop] = []
     while pos + 8 <= end:
         rlen, _flags, weight, ifindex = _RTNEXTHOP.unpack_from(buf, pos)
         if rlen < 8 or pos + rlen > end:
@@ -313,9 +335,10 @@ def _nexthops(family: int, buf: Buffer, pos: int, end: int) -> list[dict[str, An
         attrs = _Attrs(buf, pos + 8, pos + rlen)
         via = attrs.get(rtnl.RTA_VIA)
         gateway = _via(buf, *via) if via else attrs.ip(rtnl.RTA_GATEWAY, family)
-        hops.append({"gateway": gateway, "ifindex": ifindex, "weight": weight + 1})
+        hops.append(Hop(gateway, ifindex, weight + 1))
         pos += (rlen + 3) & ~3
-    return hops
+    interned: tuple[Hop, ...] = _intern(tuple(hops))
+    return interned
 
 
 def decode_neigh(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | None:
@@ -466,8 +489,13 @@ def decode(mtype: int, buf: Buffer, off: int, end: int) -> Decoded | None:
         raise DecodeError(str(exc)) from exc
 
 
-def read_errno(buf: Buffer, off: int) -> int:
-    """The (negative) error code at the start of an NLMSG_ERROR payload."""
+def read_errno(buf: Buffer, off: int, end: int | None = None) -> int:
+    """The (negative) error code at the start of an NLMSG_ERROR (or NLMSG_DONE) payload.
+
+    Raises :class:`DecodeError` when the payload (``buf[off:end]``) is too short to hold it.
+    """
+    if (len(buf) if end is None else end) - off < 4:
+        raise DecodeError("NLMSG_ERROR/NLMSG_DONE payload shorter than its error code")
     return int(_I32.unpack_from(buf, off)[0])
 
 

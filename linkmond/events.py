@@ -13,6 +13,7 @@ import time
 from functools import cached_property
 from typing import Any, Final, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, SkipValidation
 
 
@@ -40,9 +41,25 @@ class Event(BaseModel):
     data: SkipValidation[dict[str, Any]]
 
     @cached_property
+    def jsonl(self) -> bytes:
+        """The event as one JSON-lines record: compact JSON in UTF-8 and a newline. Computed
+        once and shared by every sink.
+
+        The same text as pydantic's ``model_dump_json()`` (the tests hold them equal): the
+        fields in model order, ``data`` as built. orjson writes it several times faster, and
+        that was most of the cost of an event in a route storm.
+        """
+        fields = self.__dict__  # the fields in model order (and, once cached, this property)
+        if len(fields) != len(_FIELD_NAMES):
+            fields = {name: fields[name] for name in _FIELD_NAMES}
+        # the copy made by "+" is deliberate: orjson's own buffer is over-allocated, and
+        # keeping thousands of them queued fragments the heap (10x slower, measured)
+        return orjson.dumps(fields) + b"\n"
+
+    @property
     def json_line(self) -> str:
-        """The event's JSON text (compact, one line), computed once and shared by all sinks."""
-        return self.model_dump_json()
+        """The event's JSON text (compact, one line, no newline)."""
+        return self.jsonl[:-1].decode()
 
     @property
     def ifname(self) -> str | None:
@@ -64,7 +81,8 @@ def _rfc3339(t_ns: int, _cache: dict[int, str] = {}) -> str:  # noqa: B006 - a p
 
 
 _object_setattr = object.__setattr__
-_FIELDS_SET: Final = frozenset(Event.model_fields)
+_FIELD_NAMES: Final = tuple(Event.model_fields)
+_FIELDS_SET: Final = frozenset(_FIELD_NAMES)
 
 
 class EventFactory:

@@ -1,10 +1,13 @@
-"""Fan-out: per-sink filters, bounded queues, one worker task per sink, retries and drain.
+"""Fan-out: per-sink filters, bounded buffers, one worker task per sink, retries and drain.
 
-``publish`` is called on the reader's hot path and never awaits: it filters and
-``put_nowait``s into each sink's queue. A full queue drops the event for that sink only and
-counts it. Each worker delivers batches in order and retries a failing sink with backoff
-while its queue absorbs (and, when full, drops) what comes meanwhile; one sink failing never
-touches another.
+``publish`` is called on the reader's hot path and never awaits: it filters and appends to
+each sink's queue. What a full queue does is the sink's ``buffer.when_full`` (DESIGN §3):
+``drop_newest`` refuses the event for that sink only and counts it; ``block`` always takes
+it (lossless) and raises :attr:`Fanout.blocked`, which tells the reader to stop reading the
+socket until :meth:`Fanout.on_unblocked` calls back, once every such queue has drained to
+half. Each worker delivers batches in order and retries a failing sink with backoff; one
+sink failing never touches another sink's events, though a failing ``block`` sink keeps the
+reader paused (the kernel's buffer then overflows and the re-dump catches up later).
 """
 
 from __future__ import annotations
@@ -25,34 +28,32 @@ from linkmond.sinks.base import Sink, SinkError
 
 log = structlog.get_logger("linkmond.fanout")
 
-BATCH_MAX: Final = 512
+#: events handed to a sink at once: large batches let a sink write one block (file, console)
+BATCH_MAX: Final = 2048
 RETRY_INITIAL: Final = 0.2
 RETRY_MAX: Final = 30.0
 
 
 class EventQueue:
-    """A bounded FIFO for one sink: ``put`` never awaits (it refuses when full), the worker
-    takes batches. Lighter than asyncio.Queue, whose per-put bookkeeping shows in a storm."""
+    """One sink's FIFO: ``put`` never awaits, the worker takes batches. Lighter than
+    asyncio.Queue, whose per-put bookkeeping shows in a storm. The bound is the worker's
+    business (it drops or blocks); the queue only holds."""
 
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
+    def __init__(self) -> None:
         self._items: deque[Event] = deque()
         self._waiter: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, event: Event) -> bool:
-        """Append ``event``; False (and nothing appended) when the queue is full."""
-        if len(self._items) >= self.maxsize:
-            return False
+    def put(self, event: Event) -> None:
+        """Append ``event`` and wake the worker."""
         self._items.append(event)
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
-        return True
 
     async def get_batch(self, limit: int) -> list[Event]:
         """Wait for at least one event; return up to ``limit`` of them, oldest first."""
@@ -60,7 +61,11 @@ class EventQueue:
         while not items:
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
-        return [items.popleft() for _ in range(min(limit, len(items)))]
+        if len(items) <= limit:
+            batch = list(items)
+            items.clear()
+            return batch
+        return [items.popleft() for _ in range(limit)]
 
 
 #: A loss held back by hold-down → the recovery that cancels it.
@@ -144,25 +149,45 @@ class SinkCounters:
 
 
 class SinkWorker:
-    """One sink with its filters, bounded queue and delivery task."""
+    """One sink with its filters, bounded buffer and delivery task.
 
-    def __init__(self, name: str, sink: Sink, options: SinkBase) -> None:
+    With ``buffer.when_full = "block"`` the queue never refuses an event: reaching
+    ``max_events`` marks the worker *over* (its :class:`Fanout` reports ``blocked``), and it
+    counts as drained again only below ``low_water`` (half of it), so that the reader resumes
+    with room for a good run of datagrams instead of stopping again at once.
+    """
+
+    def __init__(
+        self, name: str, sink: Sink, options: SinkBase, *, batch_max: int = BATCH_MAX
+    ) -> None:
         self.name = name
         self.sink = sink
         self.options = options
+        #: at most this many events per ``emit``
+        self.batch_max = batch_max
         self.types = GlobFilter(options.events)
         self.interfaces = GlobFilter(options.interfaces)
-        self.queue = EventQueue(options.queue_size)
+        self.max_events = options.buffer.max_events
+        self.blocking = options.buffer.when_full == "block"
+        #: a blocking queue lets the reader go on again once it holds fewer events than this
+        self.low_water = max(1, self.max_events // 2)
+        self.queue = EventQueue()
         self.hold_down = (
             HoldDown(options.hold_down, self._enqueue, self._wants) if options.hold_down else None
         )
         self.counters = SinkCounters()
+        #: the fan-out this worker reports ``over``/``high`` to (set by Fanout.workers); a
+        #: retired worker has none, so draining it in the background never pauses the reader
+        self.fanout: Fanout | None = None
+        self.over = False  # blocking, and the queue holds >= max_events
+        self.high = False  # blocking, went over and has not drained below low_water yet
+        self._stopped = False
         self._task: asyncio.Task[None] | None = None
         self._in_flight = 0  # events of the batch being delivered, not yet through
         self._idle = asyncio.Event()  # set while the worker waits with nothing to deliver
 
     def offer(self, event: Event) -> None:
-        """Queue ``event`` if the filters let it through; count a drop if the queue is full."""
+        """Queue ``event`` if the filters let it through (a full queue drops or blocks)."""
         if not self.interfaces.matches_all:
             ifname = event.ifname
             if ifname is not None and not self.interfaces.match(ifname):
@@ -176,7 +201,8 @@ class SinkWorker:
         return self.types.matches_all or self.types.match(type_)
 
     def _enqueue(self, event: Event) -> None:
-        if not self.queue.put(event):
+        queue = self.queue
+        if len(queue) >= self.max_events and not self.blocking:
             self.counters.dropped += 1
             if self.counters.dropped == 1 or self.counters.dropped % 1000 == 0:
                 log.warning(
@@ -184,6 +210,43 @@ class SinkWorker:
                     sink=self.name,
                     dropped=self.counters.dropped,
                 )
+            return
+        queue.put(event)
+        if len(queue) >= self.max_events and self.blocking and not self.over:
+            self._went_over()
+
+    def _went_over(self) -> None:
+        if self._stopped:  # nobody will drain it any more: pausing the reader helps nothing
+            return
+        self.over = True
+        newly_high = not self.high
+        self.high = True
+        if self.fanout is not None:
+            self.fanout._count(1, 1 if newly_high else 0)
+
+    def _took(self) -> None:
+        """The worker took a batch off the queue: maybe it is no longer over, or drained."""
+        if self.fanout is not None and self.fanout._backlog_waiters:
+            self.fanout._check_backlog()
+        if not self.high:
+            return
+        left = len(self.queue)
+        under = self.over and left < self.max_events
+        drained = left < self.low_water
+        if under:
+            self.over = False
+        if drained:
+            self.high = False
+        if (under or drained) and self.fanout is not None:
+            self.fanout._count(-1 if under else 0, -1 if drained else 0)
+
+    def _settle(self) -> None:
+        """Stopped: this worker holds nobody back any more, whatever its queue holds."""
+        self._stopped = True
+        over, high = self.over, self.high
+        self.over = self.high = False
+        if (over or high) and self.fanout is not None:
+            self.fanout._count(-1 if over else 0, -1 if high else 0)
 
     async def start(self) -> None:
         """Start the sink (a failure is logged; delivery retries it) and the worker task."""
@@ -198,8 +261,9 @@ class SinkWorker:
     async def _run(self) -> None:
         while True:
             self._idle.set()
-            batch = await self.queue.get_batch(BATCH_MAX)
+            batch = await self.queue.get_batch(self.batch_max)
             self._idle.clear()
+            self._took()
             await self._deliver(batch)
 
     async def _deliver(self, batch: list[Event]) -> None:
@@ -232,7 +296,10 @@ class SinkWorker:
             return
 
     async def drain(self, timeout: float) -> int:
-        """Wait up to ``timeout`` s for the queue to empty, then stop; returns events left."""
+        """Wait up to ``timeout`` s for the queue to empty, then stop; returns events left.
+
+        A sink that keeps failing is given up on at the deadline, ``block`` policy or not.
+        """
         if self.hold_down is not None:
             self.hold_down.release_all()
         with contextlib.suppress(TimeoutError):
@@ -245,6 +312,7 @@ class SinkWorker:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._settle()
         try:
             await self.sink.aclose()
         except Exception as exc:
@@ -253,10 +321,133 @@ class SinkWorker:
 
 
 class Fanout:
-    """All sink workers; ``publish`` hands an event to each of them."""
+    """All sink workers; ``publish`` hands an event to each of them.
+
+    The reader checks :attr:`blocked` after every datagram; when it is true it stops reading
+    and registers :meth:`on_unblocked` to resume. Replace the workers by assigning
+    :attr:`workers` (a reload), never by mutating it.
+    """
 
     def __init__(self, workers: Iterable[SinkWorker]) -> None:
-        self.workers = list(workers)
+        self._workers: tuple[SinkWorker, ...] = ()
+        self._over = 0  # attached workers with SinkWorker.over
+        self._high = 0  # attached workers with SinkWorker.high
+        self._waiters: list[Callable[[], None]] = []
+        self._backlog_waiters: list[tuple[int, Callable[[], None]]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pause_started: float | None = None
+        self._pauses = 0
+        self._paused = 0.0
+        self.workers = workers
+
+    @property
+    def workers(self) -> tuple[SinkWorker, ...]:
+        """The sink workers events are published to."""
+        return self._workers
+
+    @workers.setter
+    def workers(self, workers: Iterable[SinkWorker]) -> None:
+        # a worker left out (retired by a reload) gets no new events and drains on its own:
+        # it stops counting towards `blocked` at once
+        new = tuple(workers)
+        for worker in self._workers:
+            if worker not in new:
+                worker.fanout = None
+        if self._backlog_waiters and self._loop is not None:
+            self._check_backlog()
+        for worker in new:
+            worker.fanout = self
+        self._workers = new
+        self._over = sum(w.over for w in new)
+        self._high = sum(w.high for w in new)
+        if not self._high:
+            self._release()
+
+    @property
+    def blocked(self) -> bool:
+        """True while a ``block`` sink's queue holds its ``max_events``: stop reading."""
+        return self._over > 0
+
+    def on_unblocked(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once (soon, from the event loop) when every ``block`` sink's
+        queue has drained below its low-water mark; at once if none is above it now.
+
+        The time from the first registration until then is one pause (:meth:`pause_stats`).
+        """
+        loop = asyncio.get_running_loop()
+        if not self._high:
+            loop.call_soon(callback)
+            return
+        self._waiters.append(callback)
+        if self._pause_started is None:
+            self._loop = loop
+            self._pause_started = loop.time()
+            self._pauses += 1
+
+    def backlog(self) -> int:
+        """Events queued (not yet taken for delivery) in the deepest ``block`` sink."""
+        return max((len(w.queue) for w in self._workers if w.blocking), default=0)
+
+    def on_backlog_below(self, limit: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once (soon, from the event loop) when every ``block`` sink holds
+        fewer than ``limit`` queued events: the reader paces a dump with it, so that an event
+        published mid-dump never has many events ahead of it. Not counted as a pause."""
+        loop = asyncio.get_running_loop()
+        if self.backlog() < limit:
+            loop.call_soon(callback)
+            return
+        self._backlog_waiters.append((limit, callback))
+
+    def _check_backlog(self) -> None:
+        depth = self.backlog()
+        ready = [cb for limit, cb in self._backlog_waiters if depth < limit]
+        if not ready:
+            return
+        self._backlog_waiters = [(n, cb) for n, cb in self._backlog_waiters if depth >= n]
+        loop = asyncio.get_running_loop()
+        for callback in ready:
+            loop.call_soon(callback)
+
+    def wants(self, type_: str, ifname: str | None) -> bool:
+        """Whether any sink would take an event of this type about this interface.
+
+        The publisher asks before it builds an event, so an event no sink wants costs
+        nothing. A sink with hold-down sees every link event (recoveries cancel held losses).
+        """
+        for worker in self._workers:
+            interfaces = worker.interfaces
+            if ifname is not None and not interfaces.matches_all and not interfaces.match(ifname):
+                continue
+            if worker.types.matches_all or worker.types.match(type_):
+                return True
+            if worker.hold_down is not None and type_.startswith("link."):
+                return True
+        return False
+
+    def pause_stats(self) -> dict[str, float | int]:
+        """How often the reader waited on ``block`` sinks, and for how long in all (s)."""
+        paused = self._paused
+        if self._pause_started is not None and self._loop is not None:
+            paused += self._loop.time() - self._pause_started
+        return {"pauses": self._pauses, "paused_seconds": round(paused, 3)}
+
+    def _count(self, over: int, high: int) -> None:
+        """A worker's ``over``/``high`` changed by these amounts."""
+        self._over += over
+        self._high += high
+        if not self._high:
+            self._release()
+
+    def _release(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        loop = self._loop
+        if loop is None:
+            return
+        if self._pause_started is not None:
+            self._paused += loop.time() - self._pause_started
+            self._pause_started = None
+        for callback in waiters:
+            loop.call_soon(callback)
 
     def publish(self, event: Event) -> None:
         """Offer ``event`` to every sink (never blocks)."""

@@ -14,6 +14,7 @@ from typing import Final
 NETLINK_ROUTE: Final = 0
 SOL_NETLINK: Final = 270
 NETLINK_ADD_MEMBERSHIP: Final = 1
+NETLINK_GET_STRICT_CHK: Final = 12
 NLMSG_NOOP: Final = 1
 NLMSG_ERROR: Final = 2
 NLMSG_DONE: Final = 3
@@ -102,6 +103,7 @@ RTM_F_CLONED: Final = 0x200
 # <linux/neighbour.h>
 NDA_DST: Final = 1
 NDA_LLADDR: Final = 2
+NDA_IFINDEX: Final = 8
 
 # <linux/fib_rules.h>
 FRA_DST: Final = 1

@@ -5,20 +5,29 @@ The kernel repeats itself (several RTM_NEWLINK for one ``ip link set``, a carrie
 compared with the cached copy of the same object, and only a real difference of a field users
 care about becomes a :class:`Change`. One kernel message yields at most one change.
 
-Dumps feed the same cache. While a table is being re-dumped, every key the dump or a newer
-notification touches is marked; at the end of the dump the keys nobody touched are gone from
-the kernel (lost in an overflow, or deleted silently as IPv4 routes are on link-down) and
-become ``*.removed`` changes.
+Dumps feed the same cache. While a table (or the part of it one device holds: a filtered
+dump) is being re-dumped, every key the dump or a newer notification touches is marked; at the
+end of the dump the keys of that scope nobody touched are gone from the kernel (lost in an
+overflow, or deleted silently as IPv4 routes are on link-down) and become ``*.removed``
+changes.
+
+What the kernel changes without telling anyone is known here, next to the diff, and asked
+for through one channel, :attr:`State.reread`: a link going admin-down re-reads the routes and
+neighbours of that link, an address removed re-reads the routes of its link and of routes
+that used it as source; a link removed takes its routes and neighbours with it, which the
+cache derives itself (the kernel can no longer be asked about a device that is gone).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from linkmond import rtnl
 from linkmond.decode import Obj
+from linkmond.routes import Hop, Route, RouteTable, devices_of
 
 TABLES: Final = ("link", "addr", "route", "neigh", "rule", "netconf")
 #: how many removed links keep their name for late messages
@@ -31,14 +40,10 @@ _NOTABLE_OPERSTATES: Final = frozenset({"dormant", "testing", "notpresent"})
 
 _LINK_FIELDS: Final = ("ifname", "mtu", "mac", "master", "kind")
 _ADDR_FIELDS: Final = ("peer", "scope", "label", "flags")
-_ROUTE_FIELDS: Final = (
-    "gateway",
-    "ifindex",
-    "protocol",
-    "scope",
-    "type",
-    "prefsrc",
-    "nexthops",
+#: the fields of a route whose change is a route.changed, with their index in Route
+_ROUTE_FIELDS: Final = tuple(
+    (name, Route._fields.index(name))
+    for name in ("gateway", "ifindex", "protocol", "scope", "type", "prefsrc", "nexthops")
 )
 _NEIGH_FIELDS: Final = ("lladdr", "state", "flags")
 
@@ -53,22 +58,47 @@ class Change:
     ifname: str | None
 
 
+#: A request to re-read part of a table: (table, address family or 0 for all, device or None).
+Reread = Callable[[str, int, "int | None"], None]
+
+_FAMILIES: Final = (rtnl.AF_INET, rtnl.AF_INET6)
+
+
+def _no_reread(table: str, family: int, oif: int | None) -> None:
+    """Replay and snapshots have no kernel to ask: nothing is re-read."""
+
+
+@dataclass(slots=True)
+class Scope:
+    """What one dump covers: a table, or the entries of one family and/or device in it."""
+
+    table: str
+    family: int = 0
+    oif: int | None = None
+
+
 class State:
     """Caches of links, addresses, routes, neighbours, rules and netconf, keyed as the kernel does.
 
     ``apply`` is the only way in: it updates the cache and returns the change, if any.
+    ``reread`` is called with what must be dumped again because the kernel may have changed
+    it silently (see the module docstring); the watcher schedules those dumps.
     """
 
-    def __init__(self) -> None:
-        self.tables: dict[str, dict[Hashable, Obj]] = {name: {} for name in TABLES}
+    def __init__(self, reread: Reread = _no_reread) -> None:
+        #: the route cache, compact (see linkmond.routes); also ``tables["route"]``
+        self.routes = RouteTable()
+        self.tables: dict[str, Any] = {name: {} for name in TABLES}
+        self.tables["route"] = self.routes
         #: last known name of every ifindex seen, kept a while after removal (late messages)
         self.names: dict[int, str] = {}
+        self.reread = reread
         self._removed: deque[Any] = deque()
-        self._touched: dict[str, set[Hashable]] = {}
-        #: route slot → the key of the route in it, or a set when several share it
-        self._slots: dict[Any, Any] = {}
-        #: set when a route deletion could not be matched; the monitor re-dumps routes
-        self.needs_route_dump = False
+        #: the scope of the dump in progress and the keys touched since it began
+        self._scope: Scope | None = None
+        self._touched: set[Hashable] = set()
+        #: changes the cache derived itself (a removed link's routes), not yet reported
+        self.derived: list[Change] = []
 
     # -- lookups -------------------------------------------------------------------------
 
@@ -86,30 +116,65 @@ class State:
         """How many links are admin up with carrier: "really ready" NICs."""
         return sum(1 for link in self.tables["link"].values() if link["carrier"])
 
+    def routes_via(self, ifindex: int) -> int:
+        """How many cached routes use device ``ifindex`` (as their device or a next hop's)."""
+        return len(self.routes.keys_via(ifindex))
+
     # -- resync bookkeeping ----------------------------------------------------------------
 
-    def begin_resync(self, table: str) -> None:
-        """Start marking the keys of ``table`` that a dump or a newer notification touches."""
-        self._touched[table] = set()
+    def begin_resync(self, scope: Scope) -> None:
+        """Start marking the keys that a dump of ``scope`` or a newer notification touches.
 
-    def abort_resync(self, table: str) -> None:
-        """Forget the marks of a dump whose result cannot be trusted to be complete."""
-        self._touched.pop(table, None)
-
-    def end_resync(self, table: str, *, emit: bool) -> list[Change]:
-        """Drop the keys of ``table`` nobody touched since :meth:`begin_resync`.
-
-        Returns their ``*.removed`` changes (flagged ``resync``) when ``emit`` is true.
+        One dump runs at a time (they share the socket), so one scope is tracked.
         """
-        touched = self._touched.pop(table, set())
+        self._scope = scope
+        self._touched = set()
+
+    def abort_resync(self) -> None:
+        """Forget the marks of a dump whose result cannot be trusted to be complete."""
+        self._scope = None
+        self._touched = set()
+
+    def end_resync(self, *, emit: bool) -> list[Change]:
+        """Drop the keys of the dump's scope that nobody touched since :meth:`begin_resync`.
+
+        Returns their ``*.removed`` changes (flagged ``resync``) when ``emit`` is true. A
+        device-filtered dump looks only at that device's entries (an index for routes), so
+        its cost follows the device, not the table.
+        """
+        scope, touched = self._scope, self._touched
+        self.abort_resync()
+        if scope is None:
+            return []
+        gone = [key for key in self._in_scope(scope) if key not in touched]
+        return self._remove(scope.table, gone, emit)
+
+    def _in_scope(self, scope: Scope) -> Iterable[Hashable]:
+        table, family, oif = scope.table, scope.family, scope.oif
         cache = self.tables[table]
-        gone = [key for key in cache if key not in touched]
+        if oif is None and not family:
+            return list(cache)
+        if table == "route":
+            keys: Iterable[Any] = self.routes.keys_via(oif) if oif is not None else cache
+            return [k for k in keys if not family or k[0] == family]
+        if table == "neigh":  # key (family, ifindex, address)
+            return [
+                k for k in cache if (oif is None or k[1] == oif) and (not family or k[0] == family)
+            ]
+        return list(cache)  # other tables are only ever dumped whole
+
+    def _remove(self, table: str, keys: Iterable[Hashable], emit: bool) -> list[Change]:
         changes: list[Change] = []
-        for key in gone:
+        for key in keys:
             change = self.apply(table, key, None, emit=emit, resync=True)
             if change is not None:
                 changes.append(change)
         return changes
+
+    def _track(self, table: str, key: Hashable) -> None:
+        scope = self._scope
+        if scope is not None and scope.table == table:
+            self._touched.add(key)
 
     # -- the diff --------------------------------------------------------------------------
 
@@ -129,29 +194,30 @@ class State:
         change as found by a re-dump rather than announced by the kernel; ``replace`` is the
         message's NLM_F_REPLACE (a route that takes the place of another).
         """
-        touched = self._touched.get(table)
-        if touched is not None:
-            touched.add(key)
+        if self._scope is not None:
+            self._track(table, key)
+        if table == "route":
+            return self._route(key, obj, emit, resync, replace)  # type: ignore[arg-type]
         cache = self.tables[table]
         old = cache.get(key)
         if table == "netconf":
             return self._netconf(cache, key, old, obj, emit, resync)
-        if table == "route":
-            old = self._route_slot(key, old, obj, replace)
         if obj is None:
             if old is None:
                 return None
             del cache[key]
+            change = self._build(table, "removed", old, {}, resync) if emit else None
             if table == "link":
                 self._forget_name_later(key)
-            if table == "route":
-                self._unslot(key)
-            if not emit:
-                return None
-            return self._build(table, "removed", old, {}, resync)
+                self._link_gone(key, emit)  # type: ignore[arg-type]
+            elif table == "addr":
+                self._addr_gone(old)
+            return change
         cache[key] = obj
         if table == "link":
             self.names[obj["ifindex"]] = obj["ifname"]
+            if old is not None and old["admin_up"] and not obj["admin_up"]:
+                self._reread_device(obj["ifindex"], ("route", "neigh"))
         if old is None:
             if not emit:
                 return None
@@ -160,19 +226,62 @@ class State:
             return self._link(old, obj, emit, resync)
         if table == "rule":
             return None  # a rule's key is all of its fields: a repeat changes nothing
-        fields = (
-            _ADDR_FIELDS
-            if table == "addr"
-            else _ROUTE_FIELDS
-            if table == "route"
-            else _NEIGH_FIELDS
-        )
+        fields = _ADDR_FIELDS if table == "addr" else _NEIGH_FIELDS
         changes = {f: [old[f], obj[f]] for f in fields if old[f] != obj[f]}
         if not changes or not emit:
             return None
-        if "ifindex" in changes:
-            changes["ifname"] = [self.ifname(old["ifindex"]), self.ifname(obj["ifindex"])]
         return self._build(table, "changed", obj, changes, resync)
+
+    def _route(
+        self, key: tuple[Any, ...], route: Route | None, emit: bool, resync: bool, replace: bool
+    ) -> Change | None:
+        routes = self.routes
+        if route is None:
+            old, others = routes.pop(key)
+            if old is None:
+                if others:
+                    # a next hop we hold only inside a multipath entry (or the reverse): the
+                    # cache cannot tell what is left; re-reading the devices involved will
+                    devices = {oif for _gw, oif in _hops(key)}
+                    for other in others:
+                        devices.update(oif for _gw, oif in _hops(other))
+                    for oif in sorted(d for d in devices if d):
+                        self.reread("route", key[0], oif)
+                return None
+            return self._build_route("removed", old, {}, resync) if emit else None
+        old = routes.put(key, route, replace)
+        if old is None:
+            return self._build_route("added", route, {}, resync) if emit else None
+        if old == route or not emit:
+            return None
+        changes: dict[str, list[Any]] = {}
+        for field, index in _ROUTE_FIELDS:
+            before: Any = old[index]
+            after: Any = route[index]
+            if before != after:
+                if field == "nexthops":
+                    before, after = _hop_dicts(before), _hop_dicts(after)
+                changes[field] = [before, after]
+        if not changes:
+            return None
+        if "ifindex" in changes:
+            changes["ifname"] = [self.ifname(old.ifindex), self.ifname(route.ifindex)]
+        return self._build_route("changed", route, changes, resync)
+
+    def _build_route(
+        self, kind: str, route: Route, changes: dict[str, list[Any]], resync: bool
+    ) -> Change:
+        data = route._asdict()
+        ifname = data["ifname"] = self.ifname(route.ifindex)
+        if route.nexthops:
+            data["nexthops"] = [
+                {"gateway": h.gateway, "ifindex": h.ifindex, "weight": h.weight,
+                 "ifname": self.ifname(h.ifindex)}
+                for h in route.nexthops
+            ]  # fmt: skip
+        data["changes"] = changes
+        data["resync"] = resync
+        return Change(f"route.{kind}", route.dst, data, ifname)
 
     def _forget_name_later(self, ifindex: Any) -> None:
         # a removed link's name still serves late messages about its addresses and routes;
@@ -183,51 +292,51 @@ class State:
             if gone not in self.tables["link"]:
                 self.names.pop(gone, None)
 
-    def _route_slot(self, key: Any, old: Obj | None, obj: Obj | None, replace: bool) -> Obj | None:
-        """Keep the index of routes by slot (family, table, dst, src, tos, metric) and apply
-        the kernel's replace semantics; returns the entry ``obj`` is to be compared with.
+    def _reread_device(self, ifindex: int, tables: Iterable[str]) -> None:
+        for table in tables:
+            for family in _FAMILIES:
+                self.reread(table, family, ifindex)
 
-        A slot holds several routes when they differ in next hop (IPv4 ``ip route append``,
-        IPv6 device routes). A message that replaces (NLM_F_REPLACE), a multipath message and
-        an IPv6 gateway route (IPv6 merges those into one ECMP route) describe the whole slot:
-        the entries they supersede leave the cache, and the change is reported against them.
+    def _link_gone(self, ifindex: int, emit: bool) -> None:
+        """A removed device takes its routes and neighbours along, mostly without a word.
+
+        It cannot be dumped any more (the kernel answers ENODEV), so the cache drops what it
+        held through it; multipath routes through it and other devices are re-read there.
         """
-        slot = key[:6]
-        held = self._slots.get(slot)  # one key (the common case), or a set of them
-        if obj is None:
-            if old is None and held is not None:
-                # a next hop we hold only inside a multipath entry (or the reverse): the
-                # cache cannot tell what is left; a route re-dump will
-                self.needs_route_dump = True
-            return old
-        if held is None or held == key:
-            self._slots[slot] = key
-            return old
-        keys = held if isinstance(held, set) else {held}
-        if (
-            replace
-            or obj["nexthops"] is not None
-            or (obj["gateway"] is not None and obj["family"] == "inet6")
-        ):
-            cache = self.tables["route"]
-            for other in [k for k in keys if k != key]:
-                superseded = cache.pop(other)
-                keys.discard(other)
-                if old is None:
-                    old = superseded
-        keys.add(key)
-        self._slots[slot] = keys if len(keys) > 1 else key
-        return old
+        routes = self.routes
+        others: set[tuple[int, int]] = set()
+        single = []
+        for key in routes.keys_via(ifindex):
+            route = routes.get(key)
+            hops = route.nexthops if route is not None else None
+            if hops:
+                others.update((key[0], h.ifindex) for h in hops if h.ifindex != ifindex)
+            else:
+                single.append(key)
+        self.derived.extend(self._remove("route", single, emit))
+        neigh = [k for k in self.tables["neigh"] if k[1] == ifindex]
+        self.derived.extend(self._remove("neigh", neigh, emit))
+        for family, oif in sorted(others):
+            self.reread("route", family, oif)
 
-    def _unslot(self, key: Any) -> None:
-        slot = key[:6]
-        held = self._slots.get(slot)
-        if held == key:
-            del self._slots[slot]
-        elif isinstance(held, set):
-            held.discard(key)
-            if len(held) == 1:
-                self._slots[slot] = next(iter(held))
+    def _addr_gone(self, addr: Obj) -> None:
+        """An address removed: IPv4 flushes routes through its device when it was the last
+        one, and routes using it as preferred source anywhere; IPv6 clears such prefsrcs."""
+        family = rtnl.AF_INET if addr["family"] == "inet" else rtnl.AF_INET6
+        devices = {addr["ifindex"]}
+        routes = self.routes
+        for key in routes.keys_with_prefsrc(addr["address"]):
+            route = routes.get(key)
+            if route is not None:
+                devices.update(devices_of(route))
+        for oif in sorted(devices):
+            self.reread("route", family, oif)
+
+    def take_derived(self) -> list[Change]:
+        """Changes the cache derived itself (a removed link's routes), to report after the
+        change that caused them."""
+        derived, self.derived = self.derived, []
+        return derived
 
     def _link(self, old: Obj, new: Obj, emit: bool, resync: bool) -> Change | None:
         changes: dict[str, list[Any]] = {}
@@ -291,15 +400,6 @@ class State:
             data = {**obj, "master": self.ifname(obj["master"])}
             ifname: str | None = obj["ifname"]
             subject = obj["ifname"]
-        elif table == "route":
-            ifname = self.ifname(obj["ifindex"])
-            data = {**obj}
-            data["ifname"] = ifname
-            if obj["nexthops"]:
-                data["nexthops"] = [
-                    {**hop, "ifname": self.ifname(hop["ifindex"])} for hop in obj["nexthops"]
-                ]
-            subject = obj["dst"]
         elif table == "netconf":
             index = obj["ifindex"]
             if index == -1:
@@ -322,6 +422,19 @@ class State:
         data["changes"] = changes
         data["resync"] = resync
         return Change(f"{table}.{kind}", subject, data, ifname)
+
+
+def _hops(key: Any) -> tuple[tuple[Any, int], ...]:
+    """The next hops in a route key: ``(gateway, oif)`` or a tuple of those (multipath)."""
+    hops = key[6]
+    return hops if hops and isinstance(hops[0], tuple) else (hops,)
+
+
+def _hop_dicts(hops: tuple[Hop, ...] | None) -> list[dict[str, Any]] | None:
+    """Next hops as the event JSON shows them in ``changes``."""
+    if hops is None:
+        return None
+    return [{"gateway": h.gateway, "ifindex": h.ifindex, "weight": h.weight} for h in hops]
 
 
 def rule_subject(rule: Obj) -> str:

@@ -11,6 +11,7 @@ import pytest
 from linkmond import config as config_mod
 from linkmond.config import (
     EX_CONFIG,
+    BufferConfig,
     ConfigError,
     ConsoleSinkConfig,
     FileSinkConfig,
@@ -138,6 +139,124 @@ def test_every_problem_of_a_file_is_reported_at_once() -> None:
     )
     found = problems(text)
     assert set(found) == {"monitor.receive_bufer", "sinks.x.pathh", "sinks.x.path", "sinks.y.type"}
+
+
+# -- buffer: how many events wait for a sink, and what a full buffer does -----------------------
+
+SINK_TABLES = {
+    "console": '[sinks.x]\ntype = "console"\n',
+    "file": '[sinks.x]\ntype = "file"\npath = "/tmp/x.jsonl"\n',
+    "journal": '[sinks.x]\ntype = "journal"\n',
+    "webhook": '[sinks.x]\ntype = "webhook"\nurl = "https://h.example/x"\nsecret_env = "S"\n',
+}
+#: a terminal drops what it cannot show in time; the others are lossless and pause the reader
+DEFAULT_WHEN_FULL = {
+    "console": "drop_newest",
+    "file": "block",
+    "journal": "block",
+    "webhook": "block",
+}
+
+
+@pytest.mark.parametrize("kind", SINK_TABLES)
+def test_buffer_defaults_depend_on_the_sink_type(kind: str) -> None:
+    sink = parse_config(SINK_TABLES[kind]).sinks["x"]
+    assert sink.buffer == BufferConfig(max_events=10_000, when_full=DEFAULT_WHEN_FULL[kind])
+
+
+@pytest.mark.parametrize("kind", SINK_TABLES)
+def test_a_buffer_table_without_when_full_gets_the_sink_types_default(kind: str) -> None:
+    sink = parse_config(SINK_TABLES[kind] + "buffer = { max_events = 64 }\n").sinks["x"]
+    assert sink.buffer.max_events == 64
+    assert sink.buffer.when_full == DEFAULT_WHEN_FULL[kind]
+    # check-config shows the effective value, not a hole
+    assert sink.model_dump(mode="json")["buffer"] == {
+        "max_events": 64,
+        "when_full": DEFAULT_WHEN_FULL[kind],
+    }
+
+
+@pytest.mark.parametrize("when_full", ["block", "drop_newest"])
+@pytest.mark.parametrize("kind", SINK_TABLES)
+def test_explicit_buffer_values_are_kept(kind: str, when_full: str) -> None:
+    text = SINK_TABLES[kind] + f'\n[sinks.x.buffer]\nmax_events = 5\nwhen_full = "{when_full}"\n'
+    sink = parse_config(text).sinks["x"]
+    assert sink.buffer == BufferConfig(max_events=5, when_full=when_full)  # type: ignore[arg-type]
+
+
+def test_a_buffer_table_with_only_when_full_keeps_the_default_size() -> None:
+    text = SINK_TABLES["file"] + 'buffer = { when_full = "drop_newest" }\n'
+    assert parse_config(text).sinks["x"].buffer == BufferConfig(
+        max_events=10_000, when_full="drop_newest"
+    )
+
+
+def test_an_unknown_when_full_is_rejected_with_the_allowed_values() -> None:
+    found = problems(SINK_TABLES["file"] + 'buffer = { when_full = "drop_oldest" }\n')
+    assert list(found) == ["sinks.x.buffer.when_full"]
+    assert "block" in found["sinks.x.buffer.when_full"]
+    assert "drop_newest" in found["sinks.x.buffer.when_full"]
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_a_buffer_that_holds_nothing_is_refused(value: str) -> None:
+    found = problems(SINK_TABLES["journal"] + f"buffer = {{ max_events = {value} }}\n")
+    assert list(found) == ["sinks.x.buffer.max_events"]
+    assert "greater than or equal to 1" in found["sinks.x.buffer.max_events"]
+
+
+@pytest.mark.parametrize("value", ['"100"', "true", "1.5", "100.0"])
+def test_max_events_must_be_an_integer_not_something_like_one(value: str) -> None:
+    found = problems(SINK_TABLES["file"] + f"buffer = {{ max_events = {value} }}\n")
+    assert list(found) == ["sinks.x.buffer.max_events"]
+
+
+@pytest.mark.parametrize("value", ["true", "1", '"yes"'])
+def test_when_full_must_be_one_of_the_names(value: str) -> None:
+    found = problems(SINK_TABLES["file"] + f"buffer = {{ when_full = {value} }}\n")
+    assert list(found) == ["sinks.x.buffer.when_full"]
+
+
+def test_buffer_must_be_a_table() -> None:
+    found = problems(SINK_TABLES["file"] + "buffer = 100\n")
+    assert list(found) == ["sinks.x.buffer"]
+
+
+def test_a_typo_inside_buffer_names_its_key_path() -> None:
+    found = problems(SINK_TABLES["file"] + "buffer = { max_event = 5 }\n")
+    assert list(found) == ["sinks.x.buffer.max_event"]
+    assert "unknown key" in found["sinks.x.buffer.max_event"]
+
+
+@pytest.mark.parametrize("kind", SINK_TABLES)
+def test_queue_size_is_refused_naming_what_replaced_it(kind: str) -> None:
+    found = problems(SINK_TABLES[kind] + "queue_size = 5000\n")
+    assert found == {"sinks.x.queue_size": "replaced by buffer.max_events"}
+
+
+def test_check_config_with_queue_size_exits_78_naming_buffer_max_events(tmp_path: Path) -> None:
+    old = tmp_path / "old.toml"
+    old.write_text(SINK_TABLES["file"] + "queue_size = 5000\n")
+    result = linkmond("check-config", "-c", str(old))
+    assert result.returncode == EX_CONFIG == 78
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"linkmond: configuration error: {old}: sinks.x.queue_size: replaced by buffer.max_events"
+    ]
+
+
+def test_check_config_prints_the_effective_buffer(tmp_path: Path) -> None:
+    path = tmp_path / "ok.toml"
+    path.write_text(
+        SINK_TABLES["console"]
+        + "buffer = { max_events = 7 }\n\n"
+        + SINK_TABLES["journal"].replace("sinks.x", "sinks.j")
+    )
+    result = linkmond("check-config", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    sinks = json.loads(result.stdout)["sinks"]
+    assert sinks["x"]["buffer"] == {"max_events": 7, "when_full": "drop_newest"}
+    assert sinks["j"]["buffer"] == {"max_events": 10_000, "when_full": "block"}
 
 
 # -- whole-file problems ------------------------------------------------------------------------
@@ -282,7 +401,9 @@ def test_check_config_of_the_shipped_config_prints_effective_json_with_defaults(
     assert console["stream"] == "stdout"
     assert console["interfaces"] == ["*"]
     assert console["hold_down"] == 0.0
-    assert console["queue_size"] == 10_000
+    # a terminal drops when it cannot keep up; the file is lossless (it pauses the reader)
+    assert console["buffer"] == {"max_events": 10_000, "when_full": "drop_newest"}
+    assert events["buffer"] == {"max_events": 10_000, "when_full": "block"}
     assert events["type"] == "file"
     assert events["path"] == "var/events.jsonl"
     assert events["fsync"] == "interval"

@@ -21,9 +21,14 @@ from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from linkmond import rtnl
-from linkmond.decode import DecodeError, decode, split_messages
+from linkmond.decode import DecodeError, decode, read_errno, split_messages
 from linkmond.events import Event, EventFactory
-from linkmond.monitor import Monitor
+from linkmond.publisher import Publisher
+from linkmond.replay import ReplaySource
+from linkmond.routes import Hop
+from linkmond.scheduler import DumpScheduler
+from linkmond.source import NetlinkSocket
+from linkmond.watcher import NetnsWatcher
 
 AF_BRIDGE = 7
 AF_MPLS = 28
@@ -379,25 +384,26 @@ def test_route_default_with_gateway_and_table_from_rta_table() -> None:
         table=252,
         proto=4,
     )
-    assert decode_one(msg) == (
+    table, key, obj = decode_one(msg)
+    assert (table, key) == (
         "route",
         (socket.AF_INET, 1000, "default", None, 0, 100, ("192.0.2.254", 3)),
-        {
-            "family": "inet",
-            "dst": "default",
-            "src": None,
-            "gateway": "192.0.2.254",
-            "ifindex": 3,
-            "table": "1000",
-            "protocol": "static",
-            "scope": "global",
-            "type": "unicast",
-            "metric": 100,
-            "prefsrc": None,
-            "tos": 0,
-            "nexthops": None,
-        },
     )
+    assert obj._asdict() == {
+        "family": "inet",
+        "dst": "default",
+        "src": None,
+        "gateway": "192.0.2.254",
+        "ifindex": 3,
+        "table": "1000",
+        "protocol": "static",
+        "scope": "global",
+        "type": "unicast",
+        "metric": 100,
+        "prefsrc": None,
+        "tos": 0,
+        "nexthops": None,
+    }
 
 
 def test_route_cidr_dst_with_names_for_table_protocol_scope() -> None:
@@ -415,14 +421,14 @@ def test_route_cidr_dst_with_names_for_table_protocol_scope() -> None:
     )
     _, key, obj = decode_one(msg)
     assert key == (socket.AF_INET, 254, "198.51.100.0/24", None, 0, 0, (None, 4))
-    assert obj["dst"] == "198.51.100.0/24"
-    assert (obj["table"], obj["protocol"], obj["scope"], obj["type"]) == (
+    assert obj.dst == "198.51.100.0/24"
+    assert (obj.table, obj.protocol, obj.scope, obj.type) == (
         "main",
         "kernel",
         "link",
         "unicast",
     )
-    assert (obj["ifindex"], obj["prefsrc"], obj["gateway"]) == (4, "198.51.100.7", None)
+    assert (obj.ifindex, obj.prefsrc, obj.gateway) == (4, "198.51.100.7", None)
 
 
 @pytest.mark.parametrize(
@@ -434,7 +440,7 @@ def test_route_type_names(rtype: int, table: int, name: str, table_name: str) ->
         socket.AF_INET, 32, [("RTA_TABLE", table), ("RTA_DST", "192.0.2.1")], rtype=rtype
     )
     _, _, obj = decode_one(msg)
-    assert (obj["type"], obj["table"]) == (name, table_name)
+    assert (obj.type, obj.table) == (name, table_name)
 
 
 @pytest.mark.parametrize(
@@ -442,7 +448,7 @@ def test_route_type_names(rtype: int, table: int, name: str, table_name: str) ->
 )
 def test_route_protocol_names(proto: int, name: str) -> None:
     msg = route_msg(socket.AF_INET6, 0, [("RTA_TABLE", 254)], proto=proto)
-    assert decode_one(msg)[2]["protocol"] == name
+    assert decode_one(msg)[2].protocol == name
 
 
 def test_route_multipath_nexthops_with_gateways_interfaces_and_weights() -> None:
@@ -472,13 +478,10 @@ def test_route_multipath_nexthops_with_gateways_interfaces_and_weights() -> None
         0,
         (("fe80::1", 3), ("fe80::2", 4)),
     )
-    assert obj["ifindex"] is None
-    assert obj["gateway"] is None
+    assert obj.ifindex is None
+    assert obj.gateway is None
     # rtnh_hops is the weight minus one, as `ip route` shows it
-    assert obj["nexthops"] == [
-        {"gateway": "fe80::1", "ifindex": 3, "weight": 1},
-        {"gateway": "fe80::2", "ifindex": 4, "weight": 3},
-    ]
+    assert obj.nexthops == (Hop("fe80::1", 3, 1), Hop("fe80::2", 4, 3))
 
 
 def test_route_via_attribute_gives_a_gateway_of_the_other_family() -> None:
@@ -492,7 +495,7 @@ def test_route_via_attribute_gives_a_gateway_of_the_other_family() -> None:
         + nlattr(rtnl.RTA_OIF, struct.pack("=I", 3))
     )
     _, _, obj = decode_one(nlmsg(rtnl.RTM_NEWROUTE, payload))
-    assert (obj["dst"], obj["gateway"], obj["ifindex"]) == ("198.51.100.0/24", "fe80::9", 3)
+    assert (obj.dst, obj.gateway, obj.ifindex) == ("198.51.100.0/24", "fe80::9", 3)
 
 
 def test_route_source_prefix_is_part_of_the_key() -> None:
@@ -501,7 +504,7 @@ def test_route_source_prefix_is_part_of_the_key() -> None:
     fields |= {"proto": 4, "scope": 0, "type": 1}
     attrs = [("RTA_TABLE", 254), ("RTA_SRC", "2001:db8:1::"), ("RTA_OIF", 3)]
     _, key, obj = decode_one(encode(rtmsg, rtnl.RTM_NEWROUTE, fields, attrs))
-    assert obj["src"] == "2001:db8:1::/48"
+    assert obj.src == "2001:db8:1::/48"
     assert key == (socket.AF_INET6, 254, "default", "2001:db8:1::/48", 0, 0, (None, 3))
 
 
@@ -891,10 +894,17 @@ def test_random_corruption_decodes_or_raises_decode_error() -> None:
 # -- the monitor's hot path on bad input ------------------------------------------------------
 
 
-def make_monitor() -> tuple[Monitor, list[Event]]:
+def make_replay() -> tuple[ReplaySource, list[Event]]:
     events: list[Event] = []
-    monitor = Monitor(EventFactory("/linkmond/t", "default"), events.append)
-    return monitor, events
+    source = ReplaySource(Publisher(EventFactory("/linkmond/t", "default"), events.append))
+    return source, events
+
+
+def make_watcher() -> tuple[NetnsWatcher, list[Event]]:
+    """A watcher without a socket: feed() is its hot path on one datagram."""
+    events: list[Event] = []
+    watcher = NetnsWatcher(Publisher(EventFactory("/linkmond/t", "default"), events.append))
+    return watcher, events
 
 
 @pytest.mark.parametrize(
@@ -906,35 +916,38 @@ def make_monitor() -> tuple[Monitor, list[Event]]:
         struct.pack("=IHHII", 0, rtnl.RTM_NEWLINK, 0, 0, 0) + b"\0" * 16,
     ],
 )
-def test_monitor_feed_counts_garbage_as_malformed_and_does_not_raise(garbage: bytes) -> None:
-    monitor, events = make_monitor()
-    monitor.feed(garbage, len(garbage), replay=True)
-    assert monitor.stats.malformed == 1
+def test_feed_counts_garbage_as_malformed_and_does_not_raise(garbage: bytes) -> None:
+    source, events = make_replay()
+    source.feed(garbage)
+    assert source.malformed == 1
+    assert events == []
+    watcher, events = make_watcher()
+    watcher.feed(garbage, len(garbage))
+    assert watcher.stats.malformed == 1
     assert events == []
 
 
-def test_monitor_feed_skips_a_bad_message_and_keeps_the_next_one() -> None:
-    monitor, events = make_monitor()
+def test_replay_skips_a_bad_message_and_keeps_the_next_one() -> None:
+    source, events = make_replay()
     bad = nlmsg(rtnl.RTM_NEWLINK, FIXED_HEADERS["link"][1] + struct.pack("=HH", 0, 3))
     good = link_msg(UP_FLAGS, "UP", ifname="lm1", index=4)
-    buf = bad + good
-    monitor.feed(buf, len(buf), replay=True)
-    assert monitor.stats.malformed == 1
-    assert monitor.stats.messages == 2
+    source.feed(bad + good)
+    assert source.malformed == 1
+    assert source.messages == 2
     assert [(e.type, e.subject, e.seq) for e in events] == [("link.added", "lm1", 1)]
 
 
-def test_monitor_feed_outside_replay_handles_garbage_without_a_socket() -> None:
-    monitor, events = make_monitor()
+def test_watcher_feed_handles_garbage_without_a_socket() -> None:
+    watcher, events = make_watcher()
     good = link_msg(UP_FLAGS, "UP", ifname="lm1", index=4)
     buf = good + b"\xff" * 20
-    monitor.feed(buf, len(buf))
-    assert monitor.stats.malformed == 1
+    watcher.feed(buf, len(buf))
+    assert watcher.stats.malformed == 1
     assert [e.type for e in events] == ["link.added"]
 
 
-def test_monitor_replay_fills_the_cache_from_dump_messages_silently() -> None:
-    monitor, events = make_monitor()
+def test_replay_fills_the_cache_from_dump_messages_silently() -> None:
+    source, events = make_replay()
     dumped = encode(
         ifinfmsg,
         rtnl.RTM_NEWLINK,
@@ -945,11 +958,54 @@ def test_monitor_replay_fills_the_cache_from_dump_messages_silently() -> None:
     lost = link_msg(
         rtnl.IFF_UP | IFF_BROADCAST | IFF_MULTICAST, "LOWERLAYERDOWN", ifname="lm0", index=3
     )
-    buf = dumped + lost
-    monitor.feed(buf, len(buf), replay=True)
-    assert monitor.stats.malformed == 0
+    source.feed(dumped + lost)
+    assert source.malformed == 0
     assert [(e.type, e.subject) for e in events] == [("link.carrier_lost", "lm0")]
     assert events[0].data["changes"] == {
         "carrier": [True, False],
         "operstate": ["up", "lowerlayerdown"],
     }
+
+
+def test_read_errno_refuses_a_payload_too_short_for_the_code() -> None:
+    assert read_errno(struct.pack("=i", -16), 0) == -16
+    with pytest.raises(DecodeError):
+        read_errno(b"\0\0", 0)
+    with pytest.raises(DecodeError):
+        read_errno(struct.pack("=i", -16), 0, 2)
+
+
+class _RecordingSocket:
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, int, int | None]] = []
+
+    def request_dump(self, table: str, family: int = 0, oif: int | None = None) -> int:
+        self.requests.append((table, family, oif))
+        return 7000 + len(self.requests)
+
+
+def test_a_short_nlmsg_error_in_a_dump_reply_is_malformed_not_a_crash() -> None:
+    """Found by fuzzing: NLMSG_ERROR with < 4 bytes of payload inside a dump's answer."""
+    watcher, events = make_watcher()
+    sock = NetlinkSocket()  # a real socket (no privilege needed): replies carry its portid
+    try:
+        watcher.sock = sock
+        watcher.scheduler = DumpScheduler(
+            _RecordingSocket(),
+            ("link", "route"),
+            begin=watcher._begin_dump,
+            finish=watcher._finish_dump,
+            idle=lambda _round: None,
+            reset=lambda _why: None,
+        )
+        watcher.scheduler.reread("route", socket.AF_INET, 7)
+        current = watcher.scheduler.current
+        assert current is not None
+        short = struct.pack("=IHHII", 18, rtnl.NLMSG_ERROR, 0, current.seq, sock.portid)
+        buf = short + b"\0\0" + b"\0\0"  # two bytes of payload, padded to four
+        watcher.feed(buf, len(buf))
+        assert watcher.stats.malformed == 1
+        assert watcher.scheduler.current is None  # the dump ended, as a failure
+        assert events == []
+    finally:
+        sock.close()

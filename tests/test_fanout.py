@@ -42,7 +42,8 @@ async def wait_until(predicate, timeout: float = 5.0) -> None:  # type: ignore[n
 async def test_full_queue_drops_for_that_sink_only_and_counts() -> None:
     factory = EventFactory("/linkmond/t", "default")
     gate = asyncio.Event()
-    stuck = SinkWorker("stuck", Recorder(gate), options(queue_size=3))
+    # a console sink's buffer drops when full (when_full = "drop_newest" by default)
+    stuck = SinkWorker("stuck", Recorder(gate), options(buffer={"max_events": 3}))
     healthy_sink = Recorder()
     healthy = SinkWorker("healthy", healthy_sink, options())
     fanout = Fanout([stuck, healthy])

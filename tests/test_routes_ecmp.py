@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import Daemon, NetNS
+from tests.helpers import Daemon, NetNS, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -31,7 +31,9 @@ def _added_again(ns: NetNS, daemon: Daemon, family: str, dst: str, gateway: str)
     """Nothing stale is left: the same route added afresh is reported as added."""
     mark = daemon.mark()
     ns.ip(*([family] if family else []), "route", "add", dst, "via", gateway, "dev", "lm0")
-    daemon.wait_event(lambda e: e["type"] == "route.added" and e["subject"] == dst)
+    # wait for an event after the mark: an earlier route.added of dst must not satisfy it
+    wait_for(lambda: _routes(daemon, mark, dst), what=f"route.added {dst} again")
+    daemon.barrier()
     assert _routes(daemon, mark, dst) == [("route.added", gateway, None)]
 
 

@@ -29,7 +29,7 @@ from linkmond import rtnl
 from linkmond.decode import Obj, decode, split_messages
 from linkmond.events import Event, EventFactory, describe
 from linkmond.filters import GlobFilter
-from linkmond.state import Change, State, rule_subject
+from linkmond.state import Change, Scope, State, rule_subject
 
 IFF_BROADCAST = 0x2
 IFF_RUNNING = 0x40
@@ -362,13 +362,16 @@ def test_routes_of_one_slot_coexist_unless_one_replaces_the_other(state: State) 
     gone = apply(state, route("198.51.100.0", 24, gateway="192.0.2.2", deleted=True))
     assert gone is not None
     assert (gone.type, gone.data["gateway"]) == ("route.removed", "192.0.2.2")
-    assert [r["gateway"] for r in state.tables["route"].values()] == ["192.0.2.3"]
+    assert [r.gateway for r in state.tables["route"].values()] == ["192.0.2.3"]
 
 
-def test_an_unmatched_route_deletion_asks_for_a_route_dump(state: State) -> None:
+def test_an_unmatched_route_deletion_asks_to_reread_the_devices_involved() -> None:
+    asked: list[tuple[str, int, int | None]] = []
+    state = State(reread=lambda *what: asked.append(what))
     apply(state, route("198.51.100.0", 24, gateway="192.0.2.2"))
-    assert apply(state, route("198.51.100.0", 24, gateway="192.0.2.9", deleted=True)) is None
-    assert state.needs_route_dump
+    deleted = route("198.51.100.0", 24, gateway="192.0.2.9", oif=4, deleted=True)
+    assert apply(state, deleted) is None
+    assert asked == [("route", socket.AF_INET, 3), ("route", socket.AF_INET, 4)]
 
 
 def test_route_interface_change_also_reports_the_interface_names(state: State) -> None:
@@ -399,7 +402,7 @@ def test_route_multipath_nexthops_are_named(state: State) -> None:
         {"gateway": "198.51.100.1", "ifindex": 4, "weight": 1, "ifname": "lm1"},
     ]
     # the cache keeps the decoded form: naming happens on the event only
-    assert "ifname" not in next(iter(state.tables["route"].values()))["nexthops"][0]
+    assert "ifname" not in next(iter(state.tables["route"].values())).nexthops[0]._fields
 
 
 def test_neigh_state_change_is_neigh_changed(state: State) -> None:
@@ -491,7 +494,7 @@ def test_resync_sweep_removes_untouched_keys_flagged_resync(state: State) -> Non
     apply(state, route("192.0.2.0", 24), emit=False)
     apply(state, route("198.51.100.0", 24), emit=False)
     apply(state, route(None, 0, gateway="192.0.2.254"), emit=False)
-    state.begin_resync("route")
+    state.begin_resync(Scope("route"))
     # the dump shows one route unchanged and the default route through another gateway (a
     # dump cannot say "replaced": IPv4 routes with different next hops may coexist); a
     # notification adds a new one
@@ -500,12 +503,12 @@ def test_resync_sweep_removes_untouched_keys_flagged_resync(state: State) -> Non
     assert added is not None
     assert (added.type, added.data["resync"]) == ("route.added", True)
     apply(state, route("192.0.2.128", 25))
-    removed = state.end_resync("route", emit=True)
+    removed = state.end_resync(emit=True)
     assert sorted((c.type, c.subject, c.data["gateway"], c.data["resync"]) for c in removed) == [
         ("route.removed", "198.51.100.0/24", None, True),
         ("route.removed", "default", "192.0.2.254", True),
     ]
-    assert sorted(o["dst"] for o in state.tables["route"].values()) == [
+    assert sorted(o.dst for o in state.tables["route"].values()) == [
         "192.0.2.0/24",
         "192.0.2.128/25",
         "default",
@@ -514,21 +517,21 @@ def test_resync_sweep_removes_untouched_keys_flagged_resync(state: State) -> Non
 
 def test_resync_sweep_without_emit_removes_silently(state: State) -> None:
     apply(state, neigh("192.0.2.2", 0x02), emit=False)
-    state.begin_resync("neigh")
-    assert state.end_resync("neigh", emit=False) == []
+    state.begin_resync(Scope("neigh"))
+    assert state.end_resync(emit=False) == []
     assert state.counts()["neigh"] == 0
 
 
 def test_aborted_resync_removes_nothing_and_a_later_resync_still_sweeps(state: State) -> None:
     apply(state, neigh("192.0.2.2", 0x02), emit=False)
     apply(state, neigh("192.0.2.3", 0x02), emit=False)
-    state.begin_resync("neigh")
+    state.begin_resync(Scope("neigh"))
     apply(state, neigh("192.0.2.2", 0x02), resync=True)
-    state.abort_resync("neigh")
+    state.abort_resync()
     assert state.counts()["neigh"] == 2
-    state.begin_resync("neigh")
+    state.begin_resync(Scope("neigh"))
     apply(state, neigh("192.0.2.3", 0x02), resync=True)
-    removed = state.end_resync("neigh", emit=True)
+    removed = state.end_resync(emit=True)
     assert [(c.type, c.subject, c.data["resync"]) for c in removed] == [
         ("neigh.removed", "192.0.2.2", True)
     ]
@@ -536,8 +539,8 @@ def test_aborted_resync_removes_nothing_and_a_later_resync_still_sweeps(state: S
 
 def test_resync_of_one_table_leaves_the_others_alone(state: State) -> None:
     apply(state, neigh("192.0.2.2", 0x02), emit=False)
-    state.begin_resync("route")
-    removed = state.end_resync("route", emit=True)
+    state.begin_resync(Scope("route"))
+    removed = state.end_resync(emit=True)
     assert removed == []
     assert state.counts()["neigh"] == 1
     assert state.counts()["link"] == 1
@@ -706,8 +709,8 @@ def test_describe_other_groups(state: State) -> None:
 
 def test_describe_marks_resync_events(state: State) -> None:
     apply(state, route("192.0.2.0", 24), emit=False)
-    state.begin_resync("route")
-    (removed,) = state.end_resync("route", emit=True)
+    state.begin_resync(Scope("route"))
+    (removed,) = state.end_resync(emit=True)
     assert describe(_event(removed)) == (
         "route 192.0.2.0/24: removed dev lm0 table main proto static [resync]"
     )
@@ -730,3 +733,109 @@ def test_names_of_removed_links_are_kept_for_a_while_then_forgotten(state: State
     last = 10 + REMEMBER_REMOVED_NAMES + 49
     assert state.ifname(last) == f"veth{last}"  # a late message about it still resolves
     assert state.ifname(10) is None
+
+
+# -- what the kernel changes silently: the re-read channel and scoped sweeps --------------------
+
+
+def _recording_state() -> tuple[State, list[tuple[str, int, int | None]]]:
+    asked: list[tuple[str, int, int | None]] = []
+    return State(reread=lambda *what: asked.append(what)), asked
+
+
+def test_admin_down_asks_to_reread_that_links_routes_and_neighbours_per_family() -> None:
+    state, asked = _recording_state()
+    apply(state, link(BASE | UP | LOWER, "UP", index=3), emit=False)
+    apply(state, link(BASE | UP, "LOWERLAYERDOWN", index=3))  # carrier loss: nothing flushed
+    assert asked == []
+    apply(state, link(BASE, "DOWN", index=3))
+    assert asked == [
+        ("route", socket.AF_INET, 3),
+        ("route", socket.AF_INET6, 3),
+        ("neigh", socket.AF_INET, 3),
+        ("neigh", socket.AF_INET6, 3),
+    ]
+
+
+def test_address_removal_rereads_its_link_and_the_links_of_routes_using_it_as_source() -> None:
+    state, asked = _recording_state()
+    apply(state, addr("192.0.2.1", 24, index=3), emit=False)
+    # a route through link 7 whose preferred source is the address on link 3
+    apply(state, route("198.51.100.0", 24, oif=7), emit=False)
+    with_src = _decode(
+        rtmsg,
+        rtnl.RTM_NEWROUTE,
+        {"family": socket.AF_INET, "dst_len": 24, "table": 254, "proto": 4, "type": 1},
+        [("RTA_TABLE", 254), ("RTA_OIF", 9), ("RTA_DST", "203.0.113.0"),
+         ("RTA_PREFSRC", "192.0.2.1")],
+    )  # fmt: skip
+    apply(state, with_src, emit=False)
+    apply(state, addr("192.0.2.1", 24, index=3, deleted=True))
+    assert asked == [("route", socket.AF_INET, 3), ("route", socket.AF_INET, 9)]
+
+
+def test_link_removal_takes_its_routes_and_neighbours_along_reported_after_it() -> None:
+    state, asked = _recording_state()
+    apply(state, link(BASE | UP | LOWER, "UP", index=3), emit=False)
+    apply(state, route("198.51.100.0", 24, oif=3), emit=False)
+    apply(state, route("203.0.113.0", 24, oif=4), emit=False)
+    apply(state, neigh("192.0.2.2", 0x02), emit=False)  # on ifindex 3
+    removed = apply(state, link(BASE, "DOWN", index=3, deleted=True))
+    assert removed is not None
+    assert removed.type == "link.removed"
+    derived = state.take_derived()
+    assert [(c.type, c.subject, c.data["resync"]) for c in derived] == [
+        ("route.removed", "198.51.100.0/24", True),
+        ("neigh.removed", "192.0.2.2", True),
+    ]
+    assert [r.dst for r in state.routes.values()] == ["203.0.113.0/24"]
+    assert asked == []  # a device that is gone cannot be dumped: nothing to ask
+    assert state.take_derived() == []
+
+
+def test_a_device_scoped_sweep_touches_only_that_devices_entries() -> None:
+    state = State()
+    for i, oif in enumerate((3, 3, 4)):
+        apply(state, route(f"198.51.100.{i * 16}", 28, oif=oif), emit=False)
+    apply(state, neigh("192.0.2.2", 0x02), emit=False)
+    state.begin_resync(Scope("route", socket.AF_INET, 3))
+    # the dump shows one of link 3's two routes; link 4's route is not its business
+    apply(state, route("198.51.100.0", 28, oif=3), resync=True)
+    removed = state.end_resync(emit=True)
+    assert [(c.type, c.subject) for c in removed] == [("route.removed", "198.51.100.16/28")]
+    assert sorted(r.dst for r in state.routes.values()) == ["198.51.100.0/28", "198.51.100.32/28"]
+    assert len(state.tables["neigh"]) == 1
+
+
+def test_a_notification_during_a_scoped_dump_counts_as_seen() -> None:
+    state = State()
+    apply(state, route("198.51.100.0", 24, oif=3), emit=False)
+    state.begin_resync(Scope("route", socket.AF_INET, 3))
+    # the route was replaced by a notification while the dump ran: newer than the dump
+    apply(state, route("198.51.100.0", 24, oif=3, gateway=None))
+    assert state.end_resync(emit=True) == []
+
+
+def test_an_ipv6_scoped_sweep_leaves_ipv4_routes_of_the_same_device() -> None:
+    state = State()
+    apply(state, route("198.51.100.0", 24, oif=3), emit=False)
+    state.begin_resync(Scope("route", socket.AF_INET6, 3))
+    assert state.end_resync(emit=True) == []
+    assert len(state.routes) == 1
+
+
+def test_routes_via_counts_next_hops_too() -> None:
+    state = State()
+    hops = [
+        {"oif": 3, "attrs": [("RTA_GATEWAY", "192.0.2.1")]},
+        {"oif": 4, "attrs": [("RTA_GATEWAY", "192.0.2.2")]},
+    ]
+    multipath = _decode(
+        rtmsg,
+        rtnl.RTM_NEWROUTE,
+        {"family": socket.AF_INET, "dst_len": 24, "table": 254, "proto": 4, "type": 1},
+        [("RTA_TABLE", 254), ("RTA_DST", "198.51.100.0"), ("RTA_MULTIPATH", hops)],
+    )
+    apply(state, multipath, emit=False)
+    apply(state, route("203.0.113.0", 24, oif=4), emit=False)
+    assert (state.routes_via(3), state.routes_via(4), state.routes_via(5)) == (1, 2, 0)

@@ -32,7 +32,11 @@ class Sink(abc.ABC):
 
     @abc.abstractmethod
     async def emit(self, events: Sequence[Event]) -> None:
-        """Deliver ``events`` in order; raise :class:`SinkError` saying how many got through."""
+        """Deliver ``events`` in order; raise :class:`SinkError` saying how many got through.
+
+        ``delivered`` must be exact: the worker retries from the event after them, so a count
+        too high loses events and one too low repeats them.
+        """
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Flush and release resources."""

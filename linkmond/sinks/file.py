@@ -1,22 +1,32 @@
 """File sink: JSON lines appended to a file, for log shippers (Vector, Fluent Bit, Promtail).
 
-Each line is one ``os.write`` on an ``O_APPEND`` descriptor, so concurrent readers never see a
-torn line and logrotate's ``copytruncate`` is safe too. SIGHUP reopens the path (logrotate's
-``create`` mode). Writes happen in a worker thread: a slow disk never stalls the event loop.
+A batch of events is one ``os.write`` of whole lines (in chunks of at most :data:`CHUNK_BYTES`)
+on an ``O_APPEND`` descriptor. A write the disk cuts short never leaves a torn line behind:
+the rest is written, or the torn start is truncated back out, so the file always ends with a
+whole line and the retry appends exactly the lines that did not make it. (A writer killed
+mid-write cannot do that: the next open ends its torn line, see ``_mend``.) logrotate's
+``copytruncate`` is safe too. SIGHUP reopens the path (logrotate's ``create`` mode). Writes
+happen in a worker thread: a slow disk never stalls the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import stat
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from linkmond.events import Event
 from linkmond.sinks.base import Sink, SinkError
+
+#: at most this much per ``os.write`` (a longer line is written alone): a batch is normally
+#: one call, and one call never copies an unbounded buffer
+CHUNK_BYTES: Final = 1024 * 1024
 
 
 class FileSink(Sink):
@@ -51,43 +61,87 @@ class FileSink(Sink):
         self._reopen = False
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-            self._fd = os.open(
-                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
-            )
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            try:
+                self._mend(fd)
+            except OSError:
+                os.close(fd)
+                raise
+            self._fd = fd
         return self._fd
+
+    def _mend(self, fd: int) -> None:
+        """End a torn last line that a writer killed mid-write left behind (``kill -9`` or a
+        crash stops a write at a page boundary), so that the first line written now starts a
+        line of its own instead of being glued to the fragment. Never truncates: the
+        fragment may not be ours."""
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not st.st_size:
+            return
+        try:  # the write descriptor cannot read; the same file, opened to read its last byte
+            reader = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return  # not readable for us: leave it as it is
+        try:
+            same = os.fstat(reader)
+            if (same.st_dev, same.st_ino) != (st.st_dev, st.st_ino):
+                return
+            last = os.pread(reader, 1, st.st_size - 1)
+        finally:
+            os.close(reader)
+        if last not in (b"\n", b""):
+            os.write(fd, b"\n")
 
     def _write_batch(self, lines: list[bytes]) -> None:
         with self._lock:
             done = 0
             try:
                 fd = self._ensure_open()
-                for line in lines:
-                    self._write_line(fd, line)
-                    done += 1
-                    if self.fsync == "always":
+                for chunk in _chunks(lines, CHUNK_BYTES):
+                    whole, error = self._write_lines(fd, chunk)
+                    done += whole
+                    if whole:
+                        self._dirty = True
+                    if error is not None:
+                        raise error
+                    if self.fsync == "always":  # before emit returns, as with one line a write
                         os.fdatasync(fd)
-                self._dirty = True
             except OSError as exc:
                 raise SinkError(f"{self.path}: {exc.strerror or exc}", delivered=done) from exc
 
     @staticmethod
-    def _write_line(fd: int, line: bytes) -> None:
-        written = os.write(fd, line)
-        if written == len(line):
-            return
-        # A short write (the disk filled up mid-line): finish it, or take the torn start back
-        # out so the retry does not glue a whole line onto half a line. linkmond is the only
-        # writer of its file, so the file's end is where this line began plus `written`.
+    def _write_lines(fd: int, lines: list[bytes]) -> tuple[int, OSError | None]:
+        """Append ``lines`` in one ``os.write`` (more only if the kernel writes less).
+
+        Returns how many whole lines reached the file, and the error that stopped the rest.
+        """
+        data = lines[0] if len(lines) == 1 else b"".join(lines)
+        view = memoryview(data)
+        pos = 0
         try:
-            while written < len(line):
-                written += os.write(fd, memoryview(line)[written:])
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, os.fstat(fd).st_size - written)
-            raise
+            while pos < len(data):
+                n = os.write(fd, view[pos:])
+                if not n:
+                    raise OSError(errno.EIO, "write made no progress")
+                pos += n
+        except OSError as exc:
+            whole = end = 0
+            for line in lines:
+                if end + len(line) > pos:
+                    break
+                end += len(line)
+                whole += 1
+            if pos > end:
+                # The disk filled up mid-line: take the torn start back out so that the retry
+                # does not glue a whole line onto half a line. linkmond is the only writer of
+                # its file, so the file ends with the `pos - end` bytes of that line.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, os.fstat(fd).st_size - (pos - end))
+            return whole, exc
+        return len(lines), None
 
     async def emit(self, events: Sequence[Event]) -> None:
-        """Append one line per event."""
+        """Append one line per event; a failure says how many whole lines got there."""
         lines = [f"{e.json_line}\n".encode() for e in events]
         await asyncio.to_thread(self._write_batch, lines)
 
@@ -123,3 +177,17 @@ class FileSink(Sink):
                         os.fdatasync(self._fd)
                 os.close(self._fd)
                 self._fd = None
+
+
+def _chunks(lines: list[bytes], limit: int) -> Iterator[list[bytes]]:
+    """``lines`` in order, grouped into runs of at most ``limit`` bytes (a longer line alone)."""
+    chunk: list[bytes] = []
+    size = 0
+    for line in lines:
+        if chunk and size + len(line) > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(line)
+        size += len(line)
+    if chunk:
+        yield chunk

@@ -1,0 +1,278 @@
+"""What to dump when: the initial fill, per-device re-reads, full resyncs after an overflow.
+
+:class:`DumpScheduler` is pure bookkeeping with the socket injected (anything with
+``request_dump(table, family, oif) -> seq``) and the consequences handed to callbacks, so
+every rule here is unit-tested without a kernel:
+
+- One dump runs at a time: dumps share the subscription socket with the notifications, which
+  is what keeps the cache exact (see :mod:`linkmond.watcher`).
+- The initial dump of every watched table fills the cache silently; the daemon is ready when
+  it is done.
+- A re-read of one device's routes or neighbours (after the kernel may have removed them
+  silently) is queued unless an equal or wider dump is already queued. One that is already
+  running does not count: it may have passed the entries before the change that asked.
+- An overflow (``ENOBUFS`` on read) re-dumps every table once the running dump ends; that
+  covers whatever else was queued. Another overflow during that round means one more round.
+- ``NLM_F_DUMP_INTR`` (the table changed under the dump, which may have skipped entries):
+  the dump is retried; after :data:`MAX_DUMP_ATTEMPTS` its entries are kept but nothing is
+  swept on its word.
+- ``ENOBUFS``/``EBUSY`` answering the request, or a dump that stops sending parts although
+  the socket is read empty (the kernel can leave a dump that met a full buffer stalled),
+  means a fresh socket and a full resync.
+- ``ENODEV`` answering a per-device dump: the device is gone, so is everything through it.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+import structlog
+
+from linkmond.state import Scope
+
+log = structlog.get_logger("linkmond.scheduler")
+
+#: How often a dump flagged NLM_F_DUMP_INTR is tried before its result is taken as it is.
+MAX_DUMP_ATTEMPTS: Final = 3
+
+
+class DumpSocket(Protocol):
+    """What the scheduler needs of a socket: sending a dump request."""
+
+    def request_dump(self, table: str, family: int = 0, oif: int | None = None) -> int:
+        """Send the request; return its sequence number."""
+
+
+@dataclass
+class Dump:
+    """One dump request and what has been seen of its answer."""
+
+    scope: Scope
+    #: report what the dump finds (False only while the cache is first filled)
+    emit: bool = True
+    attempt: int = 1
+    seq: int = 0
+    interrupted: bool = False
+    #: answer messages received so far, for the stall check
+    parts: int = 0
+    #: the socket was read empty since the last part arrived
+    drained: bool = False
+    #: parts counted at the previous stall check
+    parts_at_check: int = field(default=-1, repr=False)
+
+    @property
+    def table(self) -> str:
+        """The table dumped."""
+        return self.scope.table
+
+    @property
+    def targeted(self) -> bool:
+        """True for a dump of one device (or family) rather than the whole table."""
+        return self.scope.oif is not None or self.scope.family != 0
+
+    def covers(self, scope: Scope) -> bool:
+        """Whether this dump, when it runs, reads everything ``scope`` names."""
+        mine = self.scope
+        return (
+            mine.table == scope.table
+            and mine.family in (0, scope.family)
+            and (mine.oif is None or mine.oif == scope.oif)
+        )
+
+
+@dataclass
+class DumpCounters:
+    """How many dumps of each kind were started (stats, and the tests' proof of cost)."""
+
+    full: int = 0
+    targeted: int = 0
+
+
+class DumpScheduler:
+    """Queues dumps and runs them one at a time on ``sock``.
+
+    Callbacks: ``begin(dump)`` before a dump's request is sent (start marking keys);
+    ``finish(dump, sweep)`` when it ended (sweep: remove what it did not show; else forget
+    the marks); ``idle(overflow_round)`` when nothing is left to dump (``overflow_round``:
+    a full resync after an overflow just ended); ``reset(reason)`` when the socket must be
+    replaced (the callee assigns :attr:`sock`, then the scheduler starts a full resync).
+    """
+
+    def __init__(
+        self,
+        sock: DumpSocket,
+        tables: Iterable[str],
+        *,
+        begin: Callable[[Dump], None],
+        finish: Callable[[Dump, bool], None],
+        idle: Callable[[bool], None],
+        reset: Callable[[str], None],
+        filtered: bool = True,
+    ) -> None:
+        self.sock = sock
+        self.tables = tuple(tables)
+        self.begin = begin
+        self.finish = finish
+        self.idle = idle
+        self.reset = reset
+        #: the kernel accepted strict checking: per-device dumps are filtered by the kernel
+        self.filtered = filtered
+        self.queue: deque[Dump] = deque()
+        self.current: Dump | None = None
+        self.counters = DumpCounters()
+        self.ready = False  # the initial fill is done
+        self.overflow_pending = False
+        self.in_overflow_round = False
+        self.stopped = False
+        self._failed_requests = 0
+
+    # -- what is asked for ------------------------------------------------------------------
+
+    def initial(self) -> None:
+        """Fill the cache: every table, silently."""
+        self.queue.extend(Dump(Scope(t), emit=False) for t in self.tables)
+        self._start_next()
+
+    def reread(self, table: str, family: int = 0, oif: int | None = None) -> None:
+        """Dump ``table`` (of one family and/or device) again and report what differs."""
+        if table not in self.tables:
+            return
+        if not self.filtered:
+            family, oif = 0, None  # the kernel would ignore the filter: dump it whole
+        scope = Scope(table, family, oif)
+        if any(d.covers(scope) for d in self.queue):
+            return
+        self.queue.append(Dump(scope))
+        self._start_next()
+
+    def overflow(self) -> None:
+        """Notifications were lost: re-dump everything (after the running dump)."""
+        if not self.ready:
+            # still filling the cache: what was lost predates readiness; fill it again
+            self.queue = deque(Dump(Scope(t), emit=False) for t in self.tables)
+        else:
+            self.overflow_pending = True
+        self._start_next()
+
+    # -- what the socket says ---------------------------------------------------------------
+
+    def is_answer(self, seq: int) -> bool:
+        """Whether a message with ``seq`` (sent to us) belongs to the running dump."""
+        current = self.current
+        return current is not None and current.seq == seq
+
+    def part(self, interrupted: bool) -> None:
+        """One message of the running dump's answer arrived."""
+        current = self.current
+        if current is not None:
+            current.parts += 1
+            current.drained = False
+            if interrupted:
+                current.interrupted = True
+
+    def drained(self) -> None:
+        """The socket was read until empty."""
+        if self.current is not None:
+            self.current.drained = True
+
+    def done(self, error: int = 0) -> None:
+        """The running dump ended (NLMSG_DONE or NLMSG_ERROR; ``error`` is negative errno)."""
+        dump = self.current
+        if dump is None:
+            return
+        self.current = None
+        if error in (-errno.ENOBUFS, -errno.EBUSY):
+            # the request met a full receive buffer: the kernel may keep the dump
+            # half-started on this socket, so start over on a fresh one
+            self._reset(f"{dump.table} dump failed: {errno.errorcode[-error]}", dump)
+            return
+        if error == -errno.ENODEV and dump.scope.oif is not None:
+            self.finish(dump, True)  # the device is gone, and so is all that went through it
+        elif error:
+            log.error("dump refused by the kernel", table=dump.table, errno=-error)
+            self.finish(dump, False)
+        elif dump.interrupted and dump.attempt < MAX_DUMP_ATTEMPTS:
+            self.finish(dump, False)
+            self.queue.appendleft(Dump(dump.scope, dump.emit, attempt=dump.attempt + 1))
+        elif dump.interrupted:
+            # still torn after retries (a storm): keep what it added, remove nothing on its word
+            log.warning("dump kept being interrupted; not sweeping", table=dump.table)
+            self.finish(dump, False)
+        else:
+            self.finish(dump, True)
+        self._start_next()
+
+    def check_stall(self, reading: bool = True) -> None:
+        """Called every few seconds: a dump that sent nothing since the last check although
+        the socket was read empty is stalled in the kernel. ``reading`` False (the reader is
+        paused by a full sink) makes no judgement: the dump waits for us, not we for it."""
+        dump = self.current
+        if dump is None:
+            return
+        if reading and dump.parts == dump.parts_at_check and dump.drained:
+            self.current = None
+            self._reset(f"{dump.table} dump stalled", dump)
+            return
+        dump.parts_at_check = dump.parts
+
+    def stop(self) -> None:
+        """No more dumps (shutdown)."""
+        self.stopped = True
+        self.queue.clear()
+
+    # -- running them -----------------------------------------------------------------------
+
+    def _reset(self, reason: str, dump: Dump) -> None:
+        self.finish(dump, False)
+        self.queue.clear()
+        if self.stopped:
+            return
+        log.warning("resetting the netlink socket", reason=reason)
+        self.reset(reason)
+        if self.ready:
+            self.overflow_pending = True
+            self.in_overflow_round = False  # a round cut short: the next one covers it
+        else:
+            self.queue.extend(Dump(Scope(t), emit=False) for t in self.tables)
+        self._start_next()
+
+    def _start_next(self) -> None:
+        if self.current is not None or self.stopped:
+            return
+        if self.overflow_pending and not self.in_overflow_round:
+            self.overflow_pending = False
+            self.in_overflow_round = True
+            self.queue = deque(Dump(Scope(t)) for t in self.tables)
+        while self.queue:
+            dump = self.queue.popleft()
+            self.begin(dump)
+            try:
+                dump.seq = self.sock.request_dump(dump.table, dump.scope.family, dump.scope.oif)
+            except OSError as exc:
+                self._failed_requests += 1
+                if self._failed_requests > MAX_DUMP_ATTEMPTS:
+                    # fresh sockets keep refusing: give up until the next overflow or re-read
+                    log.error("dump requests keep failing", table=dump.table, error=str(exc))
+                    self.finish(dump, False)
+                    self.queue.clear()
+                    self._failed_requests = 0
+                    return
+                self._reset(f"{dump.table} dump request failed: {exc}", dump)
+                return
+            self._failed_requests = 0
+            if dump.targeted:
+                self.counters.targeted += 1
+            else:
+                self.counters.full += 1
+            self.current = dump
+            return
+        was_round = self.in_overflow_round
+        self.in_overflow_round = False
+        self.ready = True
+        self.idle(was_round)
+        if self.overflow_pending:
+            self._start_next()  # overflowed again during the round: once more

@@ -1,0 +1,434 @@
+"""One watched network namespace: its socket, its cache and its dumps — the reader's hot path.
+
+Everything here runs synchronously in the socket's readiness callback; nothing awaits.
+
+Why one socket serves notifications and dumps, and why that keeps the cache exact and live
+events prompt:
+
+- The kernel queues dump parts and notifications on one socket in the order things
+  happened, so processing the socket in order keeps the cache exact: a notification that
+  arrives mid-dump is newer than the parts already dumped and older than the rest. The
+  resync bookkeeping (:meth:`State.begin_resync`) marks every key a dump part or a newer
+  notification touches, and only unmarked keys of the dump's scope are swept at its end.
+- The kernel builds the next part of a dump (one buffer of ~200 routes) only when we read
+  from the socket and it is less than half full. So a notification is never queued behind
+  more than a part or two of even a million-route dump: it is read within a few parts.
+- What made a live event wait was the process, not the socket: a reader that processed a
+  whole dump in one callback kept the sinks' writers from running. The reader yields to the
+  event loop after :data:`READ_SLICE` seconds of work (the socket is still readable, so the
+  loop calls back at once, after the sinks had their turn), and while a dump runs it reads
+  only while the lossless sinks' queues are shallow (:data:`DUMP_PACING` events), so an
+  event published mid-dump has at most that many events ahead of it.
+- A full lossless sink pauses the reader altogether (:attr:`Fanout.blocked`): the socket is
+  not read, a running dump waits in the kernel, notifications wait in the receive buffer,
+  and if that overflows, the re-dump after ``ENOBUFS`` turns what was missed into events.
+
+Dumps are chosen by :class:`~linkmond.scheduler.DumpScheduler`; what needs re-reading after
+a change comes from :class:`~linkmond.state.State` through its one ``reread`` channel, and
+costs what the change touched: a per-device dump (``NETLINK_GET_STRICT_CHK``) of routes and
+neighbours, never the whole table (except where the kernel refuses strict checking).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import structlog
+
+from linkmond import rtnl
+from linkmond.decode import DecodeError, decode, read_errno, split_messages
+from linkmond.publisher import Publisher
+from linkmond.scheduler import Dump, DumpScheduler
+from linkmond.source import READ_SIZE, NetlinkSocket, is_overflow
+from linkmond.state import TABLES, Change, State
+
+log = structlog.get_logger("linkmond.watcher")
+
+#: Seconds of reading per readiness callback before yielding to the loop, so sink writers,
+#: timers and the watchdog run during a storm or a large dump.
+READ_SLICE: Final = 0.002
+#: While a dump runs, the socket is read only while every lossless sink holds fewer queued
+#: events than this: an event published mid-dump then has at most this many ahead of it.
+DUMP_PACING: Final = 1024
+#: Datagrams read at most when stopping (a storm must not keep shutdown from ending).
+STOP_READ_BUDGET: Final = 65536
+#: How often the running dump is checked for a stall (see DumpScheduler.check_stall).
+DUMP_STALL_SECONDS: Final = 2.0
+
+
+class Backpressure(Protocol):
+    """What the reader needs of the fan-out (see :class:`linkmond.fanout.Fanout`)."""
+
+    @property
+    def blocked(self) -> bool:
+        """True while a lossless sink's buffer is full."""
+
+    def backlog(self) -> int:
+        """Events queued in the deepest lossless sink."""
+
+    def on_unblocked(self, callback: Any) -> None:
+        """Call ``callback`` once no lossless sink is full any more."""
+
+    def on_backlog_below(self, limit: int, callback: Any) -> None:
+        """Call ``callback`` once every lossless sink holds fewer than ``limit`` events."""
+
+
+class _NoBackpressure:
+    blocked = False
+
+    def backlog(self) -> int:
+        return 0
+
+    def on_unblocked(self, callback: Any) -> None:
+        callback()
+
+    def on_backlog_below(self, limit: int, callback: Any) -> None:
+        callback()
+
+
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector off the hot path.
+
+    The cache holds one entry per route (a BGP table is ~1M); CPython's default thresholds
+    make the collector walk them again and again during a storm. Objects alive after the
+    initial dump are frozen out of collection, and young collections run less often. Called
+    once the cache is filled.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
+@dataclass
+class WatcherStats:
+    """Counters of one watcher, shown in ``daemon.stopping`` and the systemd STATUS."""
+
+    messages: int = 0
+    malformed: int = 0
+    overflows: int = 0
+    resyncs: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a JSON-ready dict."""
+        return {
+            "messages": self.messages,
+            "malformed": self.malformed,
+            "overflows": self.overflows,
+            "resyncs": self.resyncs,
+        }
+
+
+class NetnsWatcher:
+    """Turns one namespace's rtnetlink stream into changes handed to the publisher.
+
+    ``groups`` are DESIGN's group names; links are always watched (every other event names
+    its interface), and only watched groups are dumped.
+    """
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        *,
+        groups: Iterable[str] = TABLES,
+        receive_buffer: int = 0,
+        backpressure: Backpressure | None = None,
+    ) -> None:
+        self.publisher = publisher
+        groups = frozenset(groups)
+        self.tables = tuple(t for t in TABLES if t == "link" or t in groups)
+        self.receive_buffer = receive_buffer
+        self.backpressure: Backpressure = backpressure or _NoBackpressure()
+        self.stats = WatcherStats()
+        self.state = State(reread=self._reread)
+        self.sock: NetlinkSocket | None = None
+        self.scheduler: DumpScheduler | None = None
+        self._buf = bytearray(READ_SIZE)
+        self._view = memoryview(self._buf)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._paused = False
+        self._stopping = False
+        self._resync_mark = 0  # publisher.resync_events when the overflow round began
+        self._overflow_warned = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe, then dump every watched table into the cache; return once it is filled.
+
+        Subscribing first means nothing that happens during the dump is missed.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._ready = self._loop.create_future()
+        sock = self._open_socket()
+        filtered = sock.enable_strict_check()
+        if not filtered:
+            log.warning("the kernel refuses NETLINK_GET_STRICT_CHK; re-reading whole tables")
+        if self.receive_buffer > sock.receive_buffer:
+            log.warning(
+                "receive buffer capped by net.core.rmem_max",
+                requested=self.receive_buffer,
+                effective=sock.receive_buffer,
+                hint="run with CAP_NET_ADMIN, or raise net.core.rmem_max",
+            )
+        self.scheduler = DumpScheduler(
+            sock,
+            self.tables,
+            begin=self._begin_dump,
+            finish=self._finish_dump,
+            idle=self._dumps_idle,
+            reset=self._reset_socket,
+            filtered=filtered,
+        )
+        self._loop.call_later(DUMP_STALL_SECONDS, self._check_stall)
+        self.scheduler.initial()
+        await self._ready
+
+    def _open_socket(self) -> NetlinkSocket:
+        groups = [g for t in self.tables for g in rtnl.GROUPS[t]]
+        sock = NetlinkSocket(groups, self.receive_buffer)
+        self.sock = sock
+        assert self._loop is not None
+        if not self._paused:
+            self._loop.add_reader(sock.fileno(), self._on_readable)
+        return sock
+
+    def _reset_socket(self, why: str) -> None:
+        """Replace the socket (the scheduler then re-dumps everything on the new one).
+
+        The new socket is subscribed before the old one closes, so nothing is missed.
+        """
+        scheduler = self.scheduler
+        if scheduler is not None and not (
+            scheduler.in_overflow_round or scheduler.overflow_pending
+        ):
+            self._resync_mark = self.publisher.resync_events
+        old = self.sock
+        new = self._open_socket()
+        if self.scheduler is not None and not new.enable_strict_check():
+            self.scheduler.filtered = False
+        if old is not None:
+            assert self._loop is not None
+            self._loop.remove_reader(old.fileno())
+            old.close()
+        if self.scheduler is not None:
+            self.scheduler.sock = new
+
+    def set_receive_buffer(self, size: int) -> None:
+        """Change the socket's receive buffer (a reload); kept for sockets opened later."""
+        self.receive_buffer = size
+        if self.sock is not None and size:
+            self.sock.set_receive_buffer(size)
+
+    def stop(self) -> None:
+        """Process what the kernel has already queued on the socket, then close it."""
+        self._stopping = True
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self.sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self.sock.fileno())
+            self._paused = False
+            self._read(until_empty=True)  # nothing the kernel queued is lost
+            self.sock.close()
+            self.sock = None
+
+    def counters(self) -> dict[str, int]:
+        """Reader counters plus dumps started, by kind."""
+        counts = self.stats.as_dict()
+        if self.scheduler is not None:
+            counts["dumps_full"] = self.scheduler.counters.full
+            counts["dumps_targeted"] = self.scheduler.counters.targeted
+        return counts
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        self._read(until_empty=False)
+
+    def _read(self, *, until_empty: bool) -> None:
+        sock = self.sock
+        if sock is None or self._paused:
+            return
+        view = self._view
+        backpressure = self.backpressure
+        scheduler = self.scheduler
+        clock = time.monotonic
+        deadline = clock() + READ_SLICE
+        budget = STOP_READ_BUDGET
+        while True:
+            try:
+                n = sock.recv_into(view)
+            except BlockingIOError:
+                if scheduler is not None:
+                    scheduler.drained()
+                return
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                if not is_overflow(exc):
+                    raise
+                self._on_overflow()
+                continue
+            self.feed(view, n)
+            if self.sock is not sock:
+                return  # replaced while processing (a reset); the new one has a reader
+            if until_empty:
+                budget -= 1
+                if budget:
+                    continue
+                return
+            if backpressure.blocked:
+                self._pause(backpressure.on_unblocked)
+                return
+            if (
+                scheduler is not None
+                and scheduler.current is not None
+                and backpressure.backlog() >= DUMP_PACING
+            ):
+                self._pause(lambda cb: backpressure.on_backlog_below(DUMP_PACING, cb))
+                return
+            if clock() > deadline:
+                return  # still readable: the loop calls back after the others had a turn
+
+    def _pause(self, arrange: Any) -> None:
+        """Stop reading until the fan-out says there is room again."""
+        sock = self.sock
+        if sock is None or self._loop is None:
+            return
+        self._paused = True
+        self._loop.remove_reader(sock.fileno())
+        arrange(self._resume)
+
+    def _resume(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        if self.sock is not None and self._loop is not None and not self._stopping:
+            self._loop.add_reader(self.sock.fileno(), self._on_readable)
+
+    def feed(self, buf: Any, length: int) -> None:
+        """Process one datagram of ``length`` bytes from the socket."""
+        if not isinstance(buf, bytes):
+            buf = bytes(buf[:length])  # one copy per datagram; slicing bytes is then cheap
+        scheduler = self.scheduler
+        portid = self.sock.portid if self.sock is not None else -1
+        try:
+            for mtype, mflags, seq, pid, start, end in split_messages(buf, length):
+                self.stats.messages += 1
+                if scheduler is not None and pid == portid and scheduler.is_answer(seq):
+                    current = scheduler.current
+                    assert current is not None
+                    scheduler.part(bool(mflags & rtnl.NLM_F_DUMP_INTR))
+                    if mtype == rtnl.NLMSG_DONE:
+                        # a dump that failed midway says so in NLMSG_DONE's payload
+                        scheduler.done(self._errno(buf, start, end, 0))
+                    elif mtype == rtnl.NLMSG_ERROR:
+                        scheduler.done(self._errno(buf, start, end, -1) or -1)
+                    else:
+                        self._apply(mtype, buf, start, end, current.emit, True, False)
+                else:
+                    # a notification (its pid is the portid of whoever made the change)
+                    replace = bool(mflags & rtnl.NLM_F_REPLACE)
+                    self._apply(mtype, buf, start, end, True, False, replace)
+        except DecodeError as exc:
+            self.stats.malformed += 1
+            log.warning("malformed netlink datagram skipped", error=str(exc))
+
+    def _errno(self, buf: bytes, start: int, end: int, default: int) -> int:
+        if end - start < 4 and not default:
+            return 0  # an NLMSG_DONE may come without a payload: a dump that ended well
+        try:
+            return read_errno(buf, start, end)
+        except DecodeError:
+            # an NLMSG_ERROR without its error code: the dump ended, as a failure
+            self.stats.malformed += 1
+            return default
+
+    def _apply(
+        self,
+        mtype: int,
+        buf: bytes,
+        start: int,
+        end: int,
+        emit: bool,
+        resync: bool,
+        replace: bool,
+    ) -> None:
+        try:
+            decoded = decode(mtype, buf, start, end)
+        except DecodeError as exc:
+            self.stats.malformed += 1
+            log.warning("malformed netlink message skipped", type=mtype, error=str(exc))
+            return
+        if decoded is None:
+            return
+        table, key, obj = decoded
+        state = self.state
+        change = state.apply(table, key, obj, emit=emit, resync=resync, replace=replace)
+        if change is not None:
+            self.publisher.publish(change)
+        if state.derived:
+            for derived in state.take_derived():
+                self.publisher.publish(derived)
+
+    # -- dumps -------------------------------------------------------------------------------
+
+    def _reread(self, table: str, family: int, oif: int | None) -> None:
+        if self.scheduler is not None and not self._stopping:
+            self.scheduler.reread(table, family, oif)
+
+    def _begin_dump(self, dump: Dump) -> None:
+        self.state.begin_resync(dump.scope)
+
+    def _finish_dump(self, dump: Dump, sweep: bool) -> None:
+        if not sweep:
+            self.state.abort_resync()
+            return
+        for change in self.state.end_resync(emit=dump.emit):
+            self.publisher.publish(change)
+        for derived in self.state.take_derived():
+            self.publisher.publish(derived)
+
+    def _on_overflow(self) -> None:
+        self.stats.overflows += 1
+        scheduler = self.scheduler
+        if scheduler is None:
+            return
+        if not self._overflow_warned:
+            log.warning(
+                "netlink receive buffer overflowed; re-dumping", overflows=self.stats.overflows
+            )
+            self._overflow_warned = True
+        if scheduler.ready and not scheduler.overflow_pending and not scheduler.in_overflow_round:
+            self._resync_mark = self.publisher.resync_events
+        scheduler.overflow()
+
+    def _dumps_idle(self, overflow_round: bool) -> None:
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)
+        if overflow_round:
+            self.stats.resyncs += 1
+            produced = self.publisher.resync_events - self._resync_mark
+            self._resync_mark = self.publisher.resync_events
+            self._overflow_warned = False
+            self.publisher.publish(
+                Change(
+                    "daemon.overflow",
+                    "linkmond",
+                    {"events": produced, "overflows": self.stats.overflows},
+                    None,
+                )
+            )
+
+    def _check_stall(self) -> None:
+        if self._stopping or self._loop is None:
+            return
+        if self.scheduler is not None:
+            self.scheduler.check_stall(reading=not self._paused)
+        self._loop.call_later(DUMP_STALL_SECONDS, self._check_stall)
