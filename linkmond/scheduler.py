@@ -20,6 +20,12 @@ every rule here is unit-tested without a kernel:
   the socket is read empty (the kernel can leave a dump that met a full buffer stalled),
   means a fresh socket and a full resync.
 - ``ENODEV`` answering a per-device dump: the device is gone, so is everything through it.
+- A *settling* re-read (after an admin-down or an address removal) is repeated
+  :data:`SETTLE_DELAY` seconds later, and again while a pass still finds entries gone. The
+  kernel announces the admin-down (``RTM_NEWLINK``) *before* its NETDEV_DOWN notifiers flush
+  the device's routes and neighbours, and route and neighbour dumps no longer wait for the
+  RTNL lock (Linux 6.x), so the first dump can run while the flush is still under way and see
+  routes that are gone a moment later. The kernel sends nothing when the flush is done.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ log = structlog.get_logger("linkmond.scheduler")
 
 #: How often a dump flagged NLM_F_DUMP_INTR is tried before its result is taken as it is.
 MAX_DUMP_ATTEMPTS: Final = 3
+#: Seconds between the passes of a settling re-read, and how many passes at most.
+SETTLE_DELAY: Final = 0.25
+MAX_SETTLE_PASSES: Final = 8
 
 
 class DumpSocket(Protocol):
@@ -63,6 +72,8 @@ class Dump:
     drained: bool = False
     #: parts counted at the previous stall check
     parts_at_check: int = field(default=-1, repr=False)
+    #: 0, or which pass of a settling re-read this is (see the module docstring)
+    settle_pass: int = 0
 
     @property
     def table(self) -> str:
@@ -96,10 +107,12 @@ class DumpScheduler:
     """Queues dumps and runs them one at a time on ``sock``.
 
     Callbacks: ``begin(dump)`` before a dump's request is sent (start marking keys);
-    ``finish(dump, sweep)`` when it ended (sweep: remove what it did not show; else forget
-    the marks); ``idle(overflow_round)`` when nothing is left to dump (``overflow_round``:
-    a full resync after an overflow just ended); ``reset(reason)`` when the socket must be
-    replaced (the callee assigns :attr:`sock`, then the scheduler starts a full resync).
+    ``finish(dump, sweep)`` when it ended (sweep: remove what it did not show, and return how
+    many; else forget the marks); ``idle(overflow_round)`` when nothing is left to dump
+    (``overflow_round``: a full resync after an overflow just ended); ``reset(reason)`` when
+    the socket must be replaced (the callee assigns :attr:`sock`, then the scheduler starts a
+    full resync); ``later(delay, fn, *args)`` runs ``fn`` after ``delay`` seconds (the event
+    loop's ``call_later``; a test's recorder).
     """
 
     def __init__(
@@ -108,9 +121,10 @@ class DumpScheduler:
         tables: Iterable[str],
         *,
         begin: Callable[[Dump], None],
-        finish: Callable[[Dump, bool], None],
+        finish: Callable[[Dump, bool], int],
         idle: Callable[[bool], None],
         reset: Callable[[str], None],
+        later: Callable[..., object] | None = None,
         filtered: bool = True,
     ) -> None:
         self.sock = sock
@@ -119,6 +133,7 @@ class DumpScheduler:
         self.finish = finish
         self.idle = idle
         self.reset = reset
+        self.later = later
         #: the kernel accepted strict checking: per-device dumps are filtered by the kernel
         self.filtered = filtered
         self.queue: deque[Dump] = deque()
@@ -137,17 +152,33 @@ class DumpScheduler:
         self.queue.extend(Dump(Scope(t), emit=False) for t in self.tables)
         self._start_next()
 
-    def reread(self, table: str, family: int = 0, oif: int | None = None) -> None:
-        """Dump ``table`` (of one family and/or device) again and report what differs."""
+    def reread(
+        self, table: str, family: int = 0, oif: int | None = None, *, settle: bool = False
+    ) -> None:
+        """Dump ``table`` (of one family and/or device) again and report what differs.
+
+        ``settle``: the kernel may still be removing entries of that scope (see the module
+        docstring); read it again after a moment, until nothing more has gone.
+        """
         if table not in self.tables:
             return
         if not self.filtered:
             family, oif = 0, None  # the kernel would ignore the filter: dump it whole
-        scope = Scope(table, family, oif)
-        if any(d.covers(scope) for d in self.queue):
-            return
-        self.queue.append(Dump(scope))
+        self._queue(Dump(Scope(table, family, oif), settle_pass=1 if settle else 0))
+
+    def _queue(self, dump: Dump) -> None:
+        for queued in self.queue:
+            if queued.covers(dump.scope):
+                # a fresh trigger restarts settling; a later pass rides on a plain dump
+                if dump.settle_pass == 1 or (dump.settle_pass and not queued.settle_pass):
+                    queued.settle_pass = dump.settle_pass
+                return
+        self.queue.append(dump)
         self._start_next()
+
+    def _settle_again(self, scope: Scope, settle_pass: int) -> None:
+        if not self.stopped:
+            self._queue(Dump(scope, settle_pass=settle_pass))
 
     def overflow(self) -> None:
         """Notifications were lost: re-dump everything (after the running dump)."""
@@ -197,13 +228,18 @@ class DumpScheduler:
             self.finish(dump, False)
         elif dump.interrupted and dump.attempt < MAX_DUMP_ATTEMPTS:
             self.finish(dump, False)
-            self.queue.appendleft(Dump(dump.scope, dump.emit, attempt=dump.attempt + 1))
+            retry = Dump(dump.scope, dump.emit, attempt=dump.attempt + 1)
+            retry.settle_pass = dump.settle_pass
+            self.queue.appendleft(retry)
         elif dump.interrupted:
             # still torn after retries (a storm): keep what it added, remove nothing on its word
             log.warning("dump kept being interrupted; not sweeping", table=dump.table)
             self.finish(dump, False)
         else:
-            self.finish(dump, True)
+            removed = self.finish(dump, True)
+            again = dump.settle_pass == 1 or removed > 0
+            if dump.settle_pass and again and dump.settle_pass < MAX_SETTLE_PASSES and self.later:
+                self.later(SETTLE_DELAY, self._settle_again, dump.scope, dump.settle_pass + 1)
         self._start_next()
 
     def check_stall(self, reading: bool = True) -> None:

@@ -58,13 +58,14 @@ class Change:
     ifname: str | None
 
 
-#: A request to re-read part of a table: (table, address family or 0 for all, device or None).
-Reread = Callable[[str, int, "int | None"], None]
+#: A request to re-read part of a table: (table, address family or 0 for all, device or
+#: None, settle) — ``settle``: the kernel may still be removing entries of that scope.
+Reread = Callable[[str, int, "int | None", bool], None]
 
 _FAMILIES: Final = (rtnl.AF_INET, rtnl.AF_INET6)
 
 
-def _no_reread(table: str, family: int, oif: int | None) -> None:
+def _no_reread(table: str, family: int, oif: int | None, settle: bool = False) -> None:
     """Replay and snapshots have no kernel to ask: nothing is re-read."""
 
 
@@ -246,7 +247,7 @@ class State:
                     for other in others:
                         devices.update(oif for _gw, oif in _hops(other))
                     for oif in sorted(d for d in devices if d):
-                        self.reread("route", key[0], oif)
+                        self.reread("route", key[0], oif, False)
                 return None
             return self._build_route("removed", old, {}, resync) if emit else None
         old = routes.put(key, route, replace)
@@ -295,7 +296,7 @@ class State:
     def _reread_device(self, ifindex: int, tables: Iterable[str]) -> None:
         for table in tables:
             for family in _FAMILIES:
-                self.reread(table, family, ifindex)
+                self.reread(table, family, ifindex, True)
 
     def _link_gone(self, ifindex: int, emit: bool) -> None:
         """A removed device takes its routes and neighbours along, mostly without a word.
@@ -317,7 +318,7 @@ class State:
         neigh = [k for k in self.tables["neigh"] if k[1] == ifindex]
         self.derived.extend(self._remove("neigh", neigh, emit))
         for family, oif in sorted(others):
-            self.reread("route", family, oif)
+            self.reread("route", family, oif, True)
 
     def _addr_gone(self, addr: Obj) -> None:
         """An address removed: IPv4 flushes routes through its device when it was the last
@@ -330,7 +331,7 @@ class State:
             if route is not None:
                 devices.update(devices_of(route))
         for oif in sorted(devices):
-            self.reread("route", family, oif)
+            self.reread("route", family, oif, True)
 
     def take_derived(self) -> list[Change]:
         """Changes the cache derived itself (a removed link's routes), to report after the

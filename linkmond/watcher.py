@@ -183,6 +183,7 @@ class NetnsWatcher:
             finish=self._finish_dump,
             idle=self._dumps_idle,
             reset=self._reset_socket,
+            later=self._loop.call_later,
             filtered=filtered,
         )
         self._loop.call_later(DUMP_STALL_SECONDS, self._check_stall)
@@ -379,21 +380,31 @@ class NetnsWatcher:
 
     # -- dumps -------------------------------------------------------------------------------
 
-    def _reread(self, table: str, family: int, oif: int | None) -> None:
+    def _reread(self, table: str, family: int, oif: int | None, settle: bool = False) -> None:
         if self.scheduler is not None and not self._stopping:
-            self.scheduler.reread(table, family, oif)
+            self.scheduler.reread(table, family, oif, settle=settle)
 
     def _begin_dump(self, dump: Dump) -> None:
         self.state.begin_resync(dump.scope)
 
-    def _finish_dump(self, dump: Dump, sweep: bool) -> None:
+    def _finish_dump(self, dump: Dump, sweep: bool) -> int:
         if not sweep:
+            log.debug("dump ended without a sweep", scope=str(dump.scope), parts=dump.parts)
             self.state.abort_resync()
-            return
-        for change in self.state.end_resync(emit=dump.emit):
+            return 0
+        removed = self.state.end_resync(emit=dump.emit)
+        log.debug(
+            "dump ended",
+            scope=str(dump.scope),
+            parts=dump.parts,
+            removed=len(removed),
+            settle_pass=dump.settle_pass,
+        )
+        for change in removed:
             self.publisher.publish(change)
         for derived in self.state.take_derived():
             self.publisher.publish(derived)
+        return len(removed)
 
     def _on_overflow(self) -> None:
         self.stats.overflows += 1

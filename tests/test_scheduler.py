@@ -7,10 +7,17 @@ demand; the scheduler's decisions are pure, so they are tested here one by one.
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 
 import pytest
 
-from linkmond.scheduler import MAX_DUMP_ATTEMPTS, Dump, DumpScheduler
+from linkmond.scheduler import (
+    MAX_DUMP_ATTEMPTS,
+    MAX_SETTLE_PASSES,
+    SETTLE_DELAY,
+    Dump,
+    DumpScheduler,
+)
 from linkmond.state import Scope
 
 TABLES = ("link", "addr", "route", "neigh")
@@ -32,21 +39,37 @@ class FakeSocket:
 
 
 class Recorder:
-    """A scheduler wired to a fake socket, with every callback recorded."""
+    """A scheduler wired to a fake socket, with every callback recorded.
+
+    ``removed`` says how many entries the next sweeps remove (default 0); timers asked for
+    with ``later`` wait in :attr:`timers` until the test fires them.
+    """
 
     def __init__(self, tables: tuple[str, ...] = TABLES, filtered: bool = True) -> None:
         self.sock = FakeSocket()
         self.sockets = [self.sock]
         self.log: list[tuple[str, object]] = []
+        self.removed: list[int] = []
+        self.timers: list[tuple[float, Callable[..., None], tuple[object, ...]]] = []
         self.scheduler = DumpScheduler(
             self.sock,
             tables,
             begin=lambda d: self.log.append(("begin", _scope(d))),
-            finish=lambda d, sweep: self.log.append(("sweep" if sweep else "abort", _scope(d))),
+            finish=self._finish,
             idle=lambda round_: self.log.append(("idle", round_)),
             reset=self._reset,
+            later=lambda delay, fn, *args: self.timers.append((delay, fn, args)),
             filtered=filtered,
         )
+
+    def _finish(self, dump: Dump, sweep: bool) -> int:
+        self.log.append(("sweep" if sweep else "abort", _scope(dump)))
+        return (self.removed.pop(0) if self.removed else 0) if sweep else 0
+
+    def fire_timers(self) -> None:
+        timers, self.timers = self.timers, []
+        for _delay, fn, args in timers:
+            fn(*args)
 
     def _reset(self, reason: str) -> None:
         self.log.append(("reset", reason))
@@ -279,3 +302,46 @@ def test_scope_coverage() -> None:
     assert not whole.targeted
     assert v4.targeted
     assert dev.targeted
+
+
+def test_a_settling_reread_reads_again_after_a_moment_until_nothing_more_is_gone() -> None:
+    """The kernel announces an admin-down before it flushes the link's routes, and the dump
+    does not wait for the flush: the first pass may see routes that vanish a moment later."""
+    r = Recorder().ready()
+    r.removed = [0, 40, 3, 0]
+    r.scheduler.reread("route", 2, 7, settle=True)
+    r.finish_all()  # pass 1 removed nothing: it may have run before the flush
+    for _ in range(3):
+        assert [delay for delay, _, _ in r.timers] == [SETTLE_DELAY]
+        r.fire_timers()
+        r.finish_all()
+    assert r.timers == []  # pass 4 found nothing more gone: settled
+    assert r.sock.requests[len(TABLES) :] == [("route", 2, 7)] * 4
+
+
+def test_settling_is_bounded() -> None:
+    r = Recorder().ready()
+    r.removed = [5] * (MAX_SETTLE_PASSES + 5)
+    r.scheduler.reread("neigh", 10, 3, settle=True)
+    r.finish_all()
+    while r.timers:
+        r.fire_timers()
+        r.finish_all()
+    assert len(r.sock.requests) - len(TABLES) == MAX_SETTLE_PASSES
+
+
+def test_a_plain_reread_is_read_once() -> None:
+    r = Recorder().ready()
+    r.removed = [10]
+    r.scheduler.reread("route", 2, 7)
+    r.finish_all()
+    assert r.timers == []
+
+
+def test_a_fresh_trigger_restarts_settling_on_a_queued_dump() -> None:
+    r = Recorder().ready()
+    r.scheduler.reread("route", 10, 3)  # running
+    r.scheduler.reread("route", 2, 7)  # queued, plain
+    r.scheduler.reread("route", 2, 7, settle=True)  # covered, but now settling
+    r.finish_all()
+    assert len(r.timers) == 1

@@ -366,12 +366,12 @@ def test_routes_of_one_slot_coexist_unless_one_replaces_the_other(state: State) 
 
 
 def test_an_unmatched_route_deletion_asks_to_reread_the_devices_involved() -> None:
-    asked: list[tuple[str, int, int | None]] = []
+    asked: list[tuple[str, int, int | None, bool]] = []
     state = State(reread=lambda *what: asked.append(what))
     apply(state, route("198.51.100.0", 24, gateway="192.0.2.2"))
     deleted = route("198.51.100.0", 24, gateway="192.0.2.9", oif=4, deleted=True)
     assert apply(state, deleted) is None
-    assert asked == [("route", socket.AF_INET, 3), ("route", socket.AF_INET, 4)]
+    assert asked == [("route", socket.AF_INET, 3, False), ("route", socket.AF_INET, 4, False)]
 
 
 def test_route_interface_change_also_reports_the_interface_names(state: State) -> None:
@@ -738,8 +738,8 @@ def test_names_of_removed_links_are_kept_for_a_while_then_forgotten(state: State
 # -- what the kernel changes silently: the re-read channel and scoped sweeps --------------------
 
 
-def _recording_state() -> tuple[State, list[tuple[str, int, int | None]]]:
-    asked: list[tuple[str, int, int | None]] = []
+def _recording_state() -> tuple[State, list[tuple[str, int, int | None, bool]]]:
+    asked: list[tuple[str, int, int | None, bool]] = []
     return State(reread=lambda *what: asked.append(what)), asked
 
 
@@ -749,11 +749,12 @@ def test_admin_down_asks_to_reread_that_links_routes_and_neighbours_per_family()
     apply(state, link(BASE | UP, "LOWERLAYERDOWN", index=3))  # carrier loss: nothing flushed
     assert asked == []
     apply(state, link(BASE, "DOWN", index=3))
+    # settling re-reads: the kernel flushes after it announced the admin-down
     assert asked == [
-        ("route", socket.AF_INET, 3),
-        ("route", socket.AF_INET6, 3),
-        ("neigh", socket.AF_INET, 3),
-        ("neigh", socket.AF_INET6, 3),
+        ("route", socket.AF_INET, 3, True),
+        ("route", socket.AF_INET6, 3, True),
+        ("neigh", socket.AF_INET, 3, True),
+        ("neigh", socket.AF_INET6, 3, True),
     ]
 
 
@@ -771,7 +772,7 @@ def test_address_removal_rereads_its_link_and_the_links_of_routes_using_it_as_so
     )  # fmt: skip
     apply(state, with_src, emit=False)
     apply(state, addr("192.0.2.1", 24, index=3, deleted=True))
-    assert asked == [("route", socket.AF_INET, 3), ("route", socket.AF_INET, 9)]
+    assert asked == [("route", socket.AF_INET, 3, True), ("route", socket.AF_INET, 9, True)]
 
 
 def test_link_removal_takes_its_routes_and_neighbours_along_reported_after_it() -> None:

@@ -142,7 +142,7 @@ class FileSink(Sink):
 
     async def emit(self, events: Sequence[Event]) -> None:
         """Append one line per event; a failure says how many whole lines got there."""
-        lines = [f"{e.json_line}\n".encode() for e in events]
+        lines = [e.jsonl for e in events]
         await asyncio.to_thread(self._write_batch, lines)
 
     def _sync(self) -> None:
