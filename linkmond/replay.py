@@ -62,6 +62,9 @@ class ReplaySource:
                 if state.derived:
                     for derived in state.take_derived():
                         publish(derived, t_ns)
+                if state.pending:  # a removed link's routes: no sinks to wait for here
+                    for removed in state.drain():
+                        publish(removed, t_ns)
         except DecodeError as exc:
             self.malformed += 1
             log.warning("malformed netlink data: the rest of the file is skipped", error=str(exc))

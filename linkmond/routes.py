@@ -1,18 +1,24 @@
 """The route cache: compact enough for a full BGP table, indexed by device for cheap re-reads.
 
-A route is a :class:`Route` named tuple (not a dict: a 13-key dict costs four times the
-memory). Routes are stored by *slot* — ``(family, table, dst, src, tos, metric)``, the place
-a route occupies in the kernel's FIB — holding what the slot does not already say of the
-route (:class:`Stored`), or, in the rare case that several routes share a slot (IPv4
-``ip route append``, IPv6 device routes), a dict of those by next hop(s). A slot is stored as
-``(prefix, dst)``, where the prefix is one tuple shared by every slot of the same family,
-table, source, tos and metric; the indexes by device and by preferred source hold the same
-slot objects. Repeated values (next hops, gateways, metrics) are interned by the decoder.
-The full key the decoder produces is ``(family, table, dst, src, tos, metric, hops)``, and
-:class:`RouteTable` answers to it like a dict, so the diff in :mod:`linkmond.state` treats
-routes like every other table.
+A route's identity is its *slot* — ``(family, table, dst, src, tos, metric)``, the place it
+occupies in the kernel's FIB — plus its next hop(s): a slot holds several routes when their
+next hops differ (IPv4 ``ip route append``, IPv6 device routes). The decoder's key is
+``(family, table, dst, src, tos, metric, hops)`` and :class:`RouteTable` answers to it like a
+dict, so :mod:`linkmond.state` treats routes like every other table.
 
-Measured with ``bench/storm.py``: see README's performance section for the bytes per route.
+Memory is what decides the layout (a full table is a million routes):
+
+- Routes are stored by their ``dst`` string, the one object per route that cannot be shared.
+  Everything else of the slot (family, table, source, tos, metric) is a *prefix* shared by
+  every route with the same values, kept once and referred to by a small integer.
+- What is stored of a route is a :class:`Stored` tuple: that prefix number, the next hop,
+  the interned ``(protocol, scope, type)`` names, prefsrc and the *mark* of the last dump or
+  notification that wrote it. A dump's sweep removes what carries an older mark than the
+  dump's own, so a resync needs no set of the keys it saw.
+- Several routes under one ``dst`` (another table, metric or next hop) are a dict of them by
+  ``(prefix number, hops)``; the one-route case, nearly all of them, is the tuple alone.
+
+Full :class:`Route` tuples are built only when a route is handed out (a diff, an event).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any, Final, NamedTuple
 
 #: ``(gateway, oif)`` for one next hop, or a tuple of them for a multipath route
 Hops = Any
-Slot = tuple[Any, ...]
+Key = tuple[Any, ...]
 
 
 class Hop(NamedTuple):
@@ -51,7 +57,19 @@ class Route(NamedTuple):
     nexthops: tuple[Hop, ...] | None
 
 
-def hops_of(route: Route) -> Hops:
+class Stored(NamedTuple):
+    """What is kept of a route besides its ``dst`` (see the module docstring)."""
+
+    prefix: int
+    gateway: str | None
+    ifindex: int | None
+    names: tuple[str, str, str]  # protocol, scope, type (interned)
+    prefsrc: str | None
+    nexthops: tuple[Hop, ...] | None
+    mark: int
+
+
+def hops_of(route: Route | Stored) -> Hops:
     """The next-hop part of a route's key, as the decoder builds it."""
     nexthops = route.nexthops
     if nexthops is None:
@@ -77,204 +95,245 @@ def replaces_slot(route: Route) -> bool:
     return route.nexthops is not None or (route.gateway is not None and route.family == "inet6")
 
 
-class Stored(NamedTuple):
-    """What is stored of a route: the fields its slot does not already say."""
-
-    gateway: str | None
-    ifindex: int | None
-    protocol: str
-    scope: str
-    type: str
-    prefsrc: str | None
-    nexthops: tuple[Hop, ...] | None
-
-
 _new: Final = tuple.__new__
+Entry = Stored | dict[tuple[int, Hops], Stored]
 
 
-def _stored_hops(value: Stored) -> Hops:
-    nexthops = value[6]
-    if nexthops is None:
-        return (value[0], value[1] or 0)
-    return tuple((hop.gateway, hop.ifindex) for hop in nexthops)
+def _values(entry: Entry) -> Iterator[Stored]:
+    if isinstance(entry, dict):
+        yield from entry.values()
+    else:
+        yield entry
 
 
 class RouteTable:
-    """Routes by slot, with a dict-like face keyed by the decoder's full route key.
-
-    The key is ``(family, table, dst, src, tos, metric, hops)``. What is stored per slot is
-    ``(prefix, dst)`` — ``prefix`` being one shared tuple for every route with the same
-    family, table, source, tos and metric (with the family's and table's names) — and a
-    :class:`Stored` tuple, or a dict of them by next hop(s).
-    """
+    """Routes by ``dst``, with a dict-like face keyed by the decoder's full route key."""
 
     def __init__(self) -> None:
-        self._slots: dict[Slot, Stored | dict[Hops, Stored]] = {}
+        self._by_dst: dict[str, Entry] = {}
         self._len = 0
-        #: (family, table, src, tos, metric) → the shared prefix of slots (those five, then
-        #: the family's and table's names)
-        self._prefixes: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        #: device → slots with a route through it (any next hop)
-        self._via: dict[int, set[Slot]] = {}
-        #: preferred source address → slots with a route carrying it
-        self._prefsrc: dict[str, set[Slot]] = {}
+        #: (family, table, src, tos, metric) → prefix number, and the prefixes by number
+        #: with the family's and table's names appended
+        self._prefix_numbers: dict[tuple[Any, ...], int] = {}
+        self._prefixes: list[tuple[Any, ...]] = []
+        self._names: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+        #: device → dst strings with a route through it (any next hop)
+        self._via: dict[int, set[str]] = {}
+        #: preferred source address → dst strings with a route carrying it
+        self._prefsrc: dict[str, set[str]] = {}
+        #: written into every route stored; a dump's sweep removes routes with an older one
+        self.mark = 0
 
-    # -- keys, slots and routes --------------------------------------------------------------
+    # -- keys and routes ---------------------------------------------------------------------
 
-    def _slot(self, key: tuple[Any, ...], route: Route | None = None) -> Slot | None:
-        """The stored slot of ``key`` (a new prefix is registered only with its ``route``)."""
+    def _prefix(self, key: Key, route: Route | None = None) -> int | None:
         five = (key[0], key[1], key[3], key[4], key[5])
-        prefix = self._prefixes.get(five)
-        if prefix is None:
-            if route is None:
-                return None
-            prefix = self._prefixes[five] = (*five, route.family, route.table)
-        return (prefix, key[2])
+        number = self._prefix_numbers.get(five)
+        if number is None and route is not None:
+            number = self._prefix_numbers[five] = len(self._prefixes)
+            self._prefixes.append((*five, route.family, route.table))
+        return number
 
-    @staticmethod
-    def _route(slot: Slot, value: Stored) -> Route:
-        prefix, dst = slot
-        _family, _table, src, tos, metric, family_name, table_name = prefix
-        gateway, ifindex, protocol, scope, type_, prefsrc, nexthops = value
+    def _route(self, dst: str, value: Stored) -> Route:
+        _f, _t, src, tos, metric, family_name, table_name = self._prefixes[value[0]]
+        _p, gateway, ifindex, (protocol, scope, type_), prefsrc, nexthops, _m = value
         return _new(
             Route,
             (family_name, dst, src, gateway, ifindex, table_name, protocol, scope, type_,
              metric, prefsrc, tos, nexthops),
         )  # fmt: skip
 
-    @staticmethod
-    def _key(slot: Slot, hops: Hops) -> tuple[Any, ...]:
-        prefix, dst = slot
-        return (prefix[0], prefix[1], dst, prefix[2], prefix[3], prefix[4], hops)
+    def _key(self, dst: str, value: Stored) -> Key:
+        family, table, src, tos, metric = self._prefixes[value[0]][:5]
+        return (family, table, dst, src, tos, metric, hops_of(value))
+
+    def _find(self, entry: Entry, prefix: int, hops: Hops) -> Stored | None:
+        if isinstance(entry, dict):
+            return entry.get((prefix, hops))
+        if entry[0] == prefix and hops_of(entry) == hops:
+            return entry
+        return None
 
     # -- the dict-like face ------------------------------------------------------------------
 
     def __len__(self) -> int:
         return self._len
 
-    def get(self, key: tuple[Any, ...]) -> Route | None:
+    def get(self, key: Key) -> Route | None:
         """The route under ``key``, or None."""
-        slot = self._slot(key)
-        if slot is None:
+        entry = self._by_dst.get(key[2])
+        prefix = self._prefix(key)
+        if entry is None or prefix is None:
             return None
-        held = self._slots.get(slot)
-        if held is None:
-            return None
-        if isinstance(held, dict):
-            value = held.get(key[6])
-            return None if value is None else self._route(slot, value)
-        return self._route(slot, held) if _stored_hops(held) == key[6] else None
+        value = self._find(entry, prefix, key[6])
+        return None if value is None else self._route(key[2], value)
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, tuple) and self.get(key) is not None
 
-    def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        for slot, held in list(self._slots.items()):
-            for hops in _all_hops(held):
-                yield self._key(slot, hops)
+    def __iter__(self) -> Iterator[Key]:
+        for dst, entry in list(self._by_dst.items()):
+            for value in _values(entry):
+                yield self._key(dst, value)
 
     def values(self) -> Iterator[Route]:
         """Every cached route."""
-        for slot, held in self._slots.items():
-            for value in held.values() if isinstance(held, dict) else (held,):
-                yield self._route(slot, value)
+        for dst, entry in self._by_dst.items():
+            for value in _values(entry):
+                yield self._route(dst, value)
 
-    def keys_via(self, ifindex: int) -> list[tuple[Any, ...]]:
-        """Keys of the routes through device ``ifindex`` (its own or a next hop's)."""
-        keys = []
-        for slot in self._via.get(ifindex, ()):
-            held = self._slots[slot]
-            for value in held.values() if isinstance(held, dict) else (held,):
-                if ifindex in devices_of(value):
-                    keys.append(self._key(slot, _stored_hops(value)))
-        return keys
+    def has_via(self, ifindex: int, family: int = 0) -> bool:
+        """Whether any route goes through ``ifindex`` (of ``family``, 0: any)."""
+        return next(self._via_values(ifindex, family), None) is not None
 
-    def keys_with_prefsrc(self, address: str) -> list[tuple[Any, ...]]:
+    def count_via(self, ifindex: int, family: int = 0) -> int:
+        """How many routes go through ``ifindex`` (of ``family``, 0: any)."""
+        return sum(1 for _ in self._via_values(ifindex, family))
+
+    def _via_values(self, ifindex: int, family: int) -> Iterator[tuple[str, Stored]]:
+        prefixes = self._prefixes
+        for dst in self._via.get(ifindex, ()):
+            for value in _values(self._by_dst[dst]):
+                if (not family or prefixes[value[0]][0] == family) and ifindex in devices_of(value):
+                    yield dst, value
+
+    def keys_via(self, ifindex: int, family: int = 0) -> list[Key]:
+        """Keys of the routes through ``ifindex`` (its own or a next hop's)."""
+        return [self._key(dst, value) for dst, value in self._via_values(ifindex, family)]
+
+    def keys_with_prefsrc(self, address: str) -> list[Key]:
         """Keys of the routes whose preferred source is ``address``."""
-        keys = []
-        for slot in self._prefsrc.get(address, ()):
-            held = self._slots[slot]
-            for value in held.values() if isinstance(held, dict) else (held,):
-                if value.prefsrc == address:
-                    keys.append(self._key(slot, _stored_hops(value)))
-        return keys
+        return [
+            self._key(dst, value)
+            for dst in self._prefsrc.get(address, ())
+            for value in _values(self._by_dst[dst])
+            if value.prefsrc == address
+        ]
+
+    # -- sweeps ------------------------------------------------------------------------------
+
+    def begin_mark(self) -> int:
+        """A new mark for what is stored from now on; returns it (a dump's sweep compares)."""
+        self.mark += 1
+        return self.mark
+
+    def unmarked(self, mark: int, family: int = 0, oif: int | None = None) -> list[str]:
+        """The dst strings holding a route of the scope stored before ``mark``: what a dump
+        that began with ``mark`` did not show. Only references are collected, no keys."""
+        prefixes = self._prefixes
+        if oif is None:
+            candidates: Any = self._by_dst.items()
+        else:
+            by_dst = self._by_dst
+            candidates = ((dst, by_dst[dst]) for dst in self._via.get(oif, ()))
+        found = []
+        for dst, entry in candidates:
+            for value in _values(entry):
+                if (
+                    value[6] < mark
+                    and (not family or prefixes[value[0]][0] == family)
+                    and (oif is None or oif in devices_of(value))
+                ):
+                    found.append(dst)
+                    break
+        return found
+
+    def stale_keys(self, dst: str, mark: int, family: int = 0, oif: int | None = None) -> list[Key]:
+        """Keys under ``dst`` of the scope stored before ``mark`` (see :meth:`unmarked`)."""
+        entry = self._by_dst.get(dst)
+        if entry is None:
+            return []
+        prefixes = self._prefixes
+        return [
+            self._key(dst, value)
+            for value in _values(entry)
+            if value[6] < mark
+            and (not family or prefixes[value[0]][0] == family)
+            and (oif is None or oif in devices_of(value))
+        ]
 
     # -- changes -----------------------------------------------------------------------------
 
-    def put(self, key: tuple[Any, ...], route: Route, replace: bool) -> Route | None:
+    def put(self, key: Key, route: Route, replace: bool) -> Route | None:
         """Store ``route`` under ``key`` with the kernel's replace semantics.
 
         Returns what the route is to be compared with: the route that was under ``key``,
         else one it superseded (NLM_F_REPLACE, or a route that describes its whole slot).
         """
-        slot = self._slot(key, route)
-        assert slot is not None
+        prefix = self._prefix(key, route)
+        assert prefix is not None
+        dst = key[2]
         hops = key[6]
+        names = (route.protocol, route.scope, route.type)
+        names = self._names.setdefault(names, names)
         value = _new(
-            Stored,
-            (route.gateway, route.ifindex, route.protocol, route.scope, route.type,
-             route.prefsrc, route.nexthops),
+            Stored, (prefix, route.gateway, route.ifindex, names, route.prefsrc, route.nexthops,
+                     self.mark),
         )  # fmt: skip
-        held = self._slots.get(slot)
-        if held is None:
-            self._slots[slot] = value
+        entry = self._by_dst.get(dst)
+        if entry is None:
+            self._by_dst[dst] = value
             self._len += 1
-            self._reindex(slot, (), (value,))
+            self._reindex(dst, (), (value,))
             return None
-        if not isinstance(held, dict):
-            if _stored_hops(held) == hops:  # the common case: the same route again
-                self._slots[slot] = value
-                self._reindex(slot, (held,), (value,))
-                return self._route(slot, held)
-            before: tuple[Stored, ...] = (held,)
-            group = {_stored_hops(held): held}
+        if not isinstance(entry, dict):
+            if entry[0] == prefix and hops_of(entry) == hops:  # the common case: a repeat
+                self._by_dst[dst] = value
+                self._reindex(dst, (entry,), (value,))
+                return self._route(dst, entry)
+            before: tuple[Stored, ...] = (entry,)
+            group = {(entry[0], hops_of(entry)): entry}
         else:
-            group = held
+            group = entry
             before = tuple(group.values())
-        old = group.get(hops)
+        old = group.get((prefix, hops))
         if replace or replaces_slot(route):
-            for other in [h for h in group if h != hops]:
+            for other in [k for k in group if k[0] == prefix and k[1] != hops]:
                 superseded = group.pop(other)
                 if old is None:
                     old = superseded
-        group[hops] = value
+        group[(prefix, hops)] = value
         self._len += len(group) - len(before)
-        self._slots[slot] = value if len(group) == 1 else group
-        self._reindex(slot, before, tuple(group.values()))
-        return None if old is None else self._route(slot, old)
+        self._by_dst[dst] = value if len(group) == 1 else group
+        self._reindex(dst, before, tuple(group.values()))
+        return None if old is None else self._route(dst, old)
 
-    def pop(self, key: tuple[Any, ...]) -> tuple[Route | None, list[tuple[Any, ...]]]:
+    def pop(self, key: Key) -> tuple[Route | None, list[Key]]:
         """Remove the route under ``key``: ``(the route or None, other keys in its slot)``.
 
         A deletion that matches nothing while its slot holds other routes (a next hop held
         only inside a multipath entry, or the reverse) cannot be resolved from the cache;
         the caller re-reads the devices of the keys returned.
         """
-        slot = self._slot(key)
-        held = None if slot is None else self._slots.get(slot)
-        if slot is None or held is None:
+        dst = key[2]
+        entry = self._by_dst.get(dst)
+        prefix = self._prefix(key)
+        if entry is None or prefix is None:
             return None, []
-        if not isinstance(held, dict):
-            if _stored_hops(held) != key[6]:
-                return None, [self._key(slot, _stored_hops(held))]
-            del self._slots[slot]
+        hops = key[6]
+        if not isinstance(entry, dict):
+            if entry[0] != prefix:
+                return None, []
+            if hops_of(entry) != hops:
+                return None, [self._key(dst, entry)]
+            del self._by_dst[dst]
             self._len -= 1
-            self._reindex(slot, (held,), ())
-            return self._route(slot, held), []
-        before = tuple(held.values())
-        value = held.pop(key[6], None)
+            self._reindex(dst, (entry,), ())
+            return self._route(dst, entry), []
+        before = tuple(entry.values())
+        value = entry.pop((prefix, hops), None)
         if value is None:
-            return None, [self._key(slot, hops) for hops in held]
+            return None, [self._key(dst, v) for k, v in entry.items() if k[0] == prefix]
         self._len -= 1
-        if len(held) == 1:
-            self._slots[slot] = next(iter(held.values()))
-        self._reindex(slot, before, tuple(held.values()))
-        return self._route(slot, value), []
+        if len(entry) == 1:
+            self._by_dst[dst] = next(iter(entry.values()))
+        self._reindex(dst, before, tuple(entry.values()))
+        return self._route(dst, value), []
 
     # -- indexes -----------------------------------------------------------------------------
 
-    def _reindex(self, slot: Slot, before: tuple[Stored, ...], after: tuple[Stored, ...]) -> None:
-        """Keep ``slot`` indexed under every device and prefsrc its routes use."""
+    def _reindex(self, dst: str, before: tuple[Stored, ...], after: tuple[Stored, ...]) -> None:
+        """Keep ``dst`` indexed under every device and prefsrc its routes use."""
         if len(before) == 1 and len(after) == 1:
             old, new = before[0], after[0]
             if (
@@ -285,24 +344,18 @@ class RouteTable:
                 return  # the common repeat: the indexes already say the same
         old_devices = set().union(*(devices_of(v) for v in before))
         new_devices = set().union(*(devices_of(v) for v in after))
-        _move(self._via, slot, old_devices - new_devices, new_devices - old_devices)
+        _move(self._via, dst, old_devices - new_devices, new_devices - old_devices)
         old_src = {v.prefsrc for v in before if v.prefsrc is not None}
         new_src = {v.prefsrc for v in after if v.prefsrc is not None}
-        _move(self._prefsrc, slot, old_src - new_src, new_src - old_src)
+        _move(self._prefsrc, dst, old_src - new_src, new_src - old_src)
 
 
-def _all_hops(held: Stored | dict[Hops, Stored]) -> list[Hops]:
-    if isinstance(held, dict):
-        return list(held)
-    return [_stored_hops(held)]
-
-
-def _move(index: dict[Any, set[Slot]], slot: Slot, gone: set[Any], new: set[Any]) -> None:
+def _move(index: dict[Any, set[str]], dst: str, gone: set[Any], new: set[Any]) -> None:
     for name in gone:
-        slots = index.get(name)
-        if slots is not None:
-            slots.discard(slot)
-            if not slots:
+        dsts = index.get(name)
+        if dsts is not None:
+            dsts.discard(dst)
+            if not dsts:
                 del index[name]
     for name in new:
-        index.setdefault(name, set()).add(slot)
+        index.setdefault(name, set()).add(dst)

@@ -125,6 +125,7 @@ class DumpScheduler:
         idle: Callable[[bool], None],
         reset: Callable[[str], None],
         later: Callable[..., object] | None = None,
+        kick: Callable[[Callable[[], None]], object] | None = None,
         filtered: bool = True,
     ) -> None:
         self.sock = sock
@@ -134,6 +135,10 @@ class DumpScheduler:
         self.idle = idle
         self.reset = reset
         self.later = later
+        #: ``kick(fn)`` runs ``fn`` soon (the loop's call_soon): dumps then start after the
+        #: caller's current work instead of inside it; None starts them at once
+        self.kick = kick
+        self._kicked = False
         #: the kernel accepted strict checking: per-device dumps are filtered by the kernel
         self.filtered = filtered
         self.queue: deque[Dump] = deque()
@@ -150,7 +155,7 @@ class DumpScheduler:
     def initial(self) -> None:
         """Fill the cache: every table, silently."""
         self.queue.extend(Dump(Scope(t), emit=False) for t in self.tables)
-        self._start_next()
+        self._start_soon()
 
     def reread(
         self, table: str, family: int = 0, oif: int | None = None, *, settle: bool = False
@@ -174,7 +179,7 @@ class DumpScheduler:
                     queued.settle_pass = dump.settle_pass
                 return
         self.queue.append(dump)
-        self._start_next()
+        self._start_soon()
 
     def _settle_again(self, scope: Scope, settle_pass: int) -> None:
         if not self.stopped:
@@ -187,7 +192,7 @@ class DumpScheduler:
             self.queue = deque(Dump(Scope(t), emit=False) for t in self.tables)
         else:
             self.overflow_pending = True
-        self._start_next()
+        self._start_soon()
 
     # -- what the socket says ---------------------------------------------------------------
 
@@ -240,7 +245,7 @@ class DumpScheduler:
             again = dump.settle_pass == 1 or removed > 0
             if dump.settle_pass and again and dump.settle_pass < MAX_SETTLE_PASSES and self.later:
                 self.later(SETTLE_DELAY, self._settle_again, dump.scope, dump.settle_pass + 1)
-        self._start_next()
+        self._start_soon()
 
     def check_stall(self, reading: bool = True) -> None:
         """Called every few seconds: a dump that sent nothing since the last check although
@@ -261,6 +266,17 @@ class DumpScheduler:
         self.queue.clear()
 
     # -- running them -----------------------------------------------------------------------
+
+    def _start_soon(self) -> None:
+        if self.kick is None:
+            self._start_next()
+        elif not self._kicked:
+            self._kicked = True
+            self.kick(self._kicked_start)
+
+    def _kicked_start(self) -> None:
+        self._kicked = False
+        self._start_next()
 
     def _reset(self, reason: str, dump: Dump) -> None:
         self.finish(dump, False)

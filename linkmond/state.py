@@ -21,7 +21,7 @@ cache derives itself (the kernel can no longer be asked about a device that is g
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -95,10 +95,17 @@ class State:
         self.names: dict[int, str] = {}
         self.reread = reread
         self._removed: deque[Any] = deque()
-        #: the scope of the dump in progress and the keys touched since it began
+        #: the scope of the dump in progress and the keys touched since it began (routes
+        #: carry the mark of what wrote them instead: see linkmond.routes)
         self._scope: Scope | None = None
         self._touched: set[Hashable] = set()
-        #: changes the cache derived itself (a removed link's routes), not yet reported
+        self._route_mark = 0
+        #: removals still to be made and reported, oldest first: a sweep's, or a removed
+        #: link's routes; lazy, so that a million of them wait for the sinks, not in memory.
+        #: The reader works them off (under backpressure) before it reads anything newer.
+        self.pending: deque[Iterator[Change]] = deque()
+        #: changes made alongside the last one applied (a removed link's neighbours), to be
+        #: reported right after it
         self.derived: list[Change] = []
 
     # -- lookups -------------------------------------------------------------------------
@@ -119,7 +126,19 @@ class State:
 
     def routes_via(self, ifindex: int) -> int:
         """How many cached routes use device ``ifindex`` (as their device or a next hop's)."""
-        return len(self.routes.keys_via(ifindex))
+        return self.routes.count_via(ifindex)
+
+    def take_derived(self) -> list[Change]:
+        """The changes made alongside the last one applied, to report right after it."""
+        derived, self.derived = self.derived, []
+        return derived
+
+    def drain(self) -> list[Change]:
+        """Make every pending removal now and return the changes (replay, tests)."""
+        changes: list[Change] = []
+        while self.pending:
+            changes.extend(self.pending.popleft())
+        return changes
 
     # -- resync bookkeeping ----------------------------------------------------------------
 
@@ -130,42 +149,66 @@ class State:
         """
         self._scope = scope
         self._touched = set()
+        if scope.table == "route":
+            self._route_mark = self.routes.begin_mark()
 
     def abort_resync(self) -> None:
         """Forget the marks of a dump whose result cannot be trusted to be complete."""
         self._scope = None
         self._touched = set()
 
-    def end_resync(self, *, emit: bool) -> list[Change]:
-        """Drop the keys of the dump's scope that nobody touched since :meth:`begin_resync`.
+    def end_resync(self, *, emit: bool) -> tuple[list[Change], int]:
+        """Remove what the dump's scope held that nobody touched since :meth:`begin_resync`.
 
-        Returns their ``*.removed`` changes (flagged ``resync``) when ``emit`` is true. A
+        Returns the ``*.removed`` changes made now (flagged ``resync``; none unless ``emit``)
+        and how many more are queued in :attr:`pending` (routes, counted by destination). A
         device-filtered dump looks only at that device's entries (an index for routes), so
         its cost follows the device, not the table.
+
+        Routes are swept lazily: a million of them must wait for the sinks, not in memory.
+        That is safe while newer notifications are applied in between, because a route is
+        removed only if it still carries a mark older than the dump's when its turn comes.
+        The other tables are small and swept at once.
         """
         scope, touched = self._scope, self._touched
         self.abort_resync()
         if scope is None:
-            return []
-        gone = [key for key in self._in_scope(scope) if key not in touched]
-        return self._remove(scope.table, gone, emit)
-
-    def _in_scope(self, scope: Scope) -> Iterable[Hashable]:
+            return [], 0
         table, family, oif = scope.table, scope.family, scope.oif
-        cache = self.tables[table]
-        if oif is None and not family:
-            return list(cache)
         if table == "route":
-            keys: Iterable[Any] = self.routes.keys_via(oif) if oif is not None else cache
-            return [k for k in keys if not family or k[0] == family]
-        if table == "neigh":  # key (family, ifindex, address)
-            return [
-                k for k in cache if (oif is None or k[1] == oif) and (not family or k[0] == family)
-            ]
-        return list(cache)  # other tables are only ever dumped whole
+            mark = self._route_mark
+            dsts = self.routes.unmarked(mark, family, oif)
+            if dsts:
+                self.pending.append(self._sweep_routes(dsts, mark, family, oif, emit))
+            return [], len(dsts)
+        cache = self.tables[table]
+        gone = [
+            key
+            for key in cache
+            if key not in touched
+            and (table != "neigh" or ((oif is None or key[1] == oif) and family in (0, key[0])))
+        ]
+        return self._remove(table, gone, emit), 0
+
+    def _sweep_routes(
+        self,
+        dsts: list[str],
+        mark: int,
+        family: int,
+        oif: int | None,
+        emit: bool,
+        multipath: bool = True,
+    ) -> Iterator[Change]:
+        for dst in dsts:
+            for key in self.routes.stale_keys(dst, mark, family, oif):
+                if not multipath and key[6] and isinstance(key[6][0], tuple):
+                    continue
+                change = self.apply("route", key, None, emit=emit, resync=True)
+                if change is not None:
+                    yield change
 
     def _remove(self, table: str, keys: Iterable[Hashable], emit: bool) -> list[Change]:
-        changes: list[Change] = []
+        changes = []
         for key in keys:
             change = self.apply(table, key, None, emit=emit, resync=True)
             if change is not None:
@@ -174,7 +217,7 @@ class State:
 
     def _track(self, table: str, key: Hashable) -> None:
         scope = self._scope
-        if scope is not None and scope.table == table:
+        if scope is not None and scope.table == table and table != "route":
             self._touched.add(key)
 
     # -- the diff --------------------------------------------------------------------------
@@ -210,7 +253,7 @@ class State:
             change = self._build(table, "removed", old, {}, resync) if emit else None
             if table == "link":
                 self._forget_name_later(key)
-                self._link_gone(key, emit)  # type: ignore[arg-type]
+                self.derived.extend(self._link_gone(key, emit))  # type: ignore[arg-type]
             elif table == "addr":
                 self._addr_gone(old)
             return change
@@ -294,31 +337,40 @@ class State:
                 self.names.pop(gone, None)
 
     def _reread_device(self, ifindex: int, tables: Iterable[str]) -> None:
+        # what the cache holds nothing of, the kernel can flush nothing of: no dump (a dump
+        # filtered by device still walks the whole table in the kernel)
         for table in tables:
             for family in _FAMILIES:
-                self.reread(table, family, ifindex, True)
+                if self._holds(table, family, ifindex):
+                    self.reread(table, family, ifindex, True)
 
-    def _link_gone(self, ifindex: int, emit: bool) -> None:
+    def _holds(self, table: str, family: int, ifindex: int) -> bool:
+        if table == "route":
+            return self.routes.has_via(ifindex, family)
+        return any(k[1] == ifindex and k[0] == family for k in self.tables[table])
+
+    def _link_gone(self, ifindex: int, emit: bool) -> list[Change]:
         """A removed device takes its routes and neighbours along, mostly without a word.
 
         It cannot be dumped any more (the kernel answers ENODEV), so the cache drops what it
-        held through it; multipath routes through it and other devices are re-read there.
+        held through it: the neighbours now (returned), the routes lazily (:attr:`pending`,
+        as a sweep of everything through the device written before now). Multipath routes
+        through it and other devices are re-read there.
         """
         routes = self.routes
         others: set[tuple[int, int]] = set()
-        single = []
         for key in routes.keys_via(ifindex):
-            route = routes.get(key)
-            hops = route.nexthops if route is not None else None
-            if hops:
-                others.update((key[0], h.ifindex) for h in hops if h.ifindex != ifindex)
-            else:
-                single.append(key)
-        self.derived.extend(self._remove("route", single, emit))
-        neigh = [k for k in self.tables["neigh"] if k[1] == ifindex]
-        self.derived.extend(self._remove("neigh", neigh, emit))
+            hops = key[6]
+            if hops and isinstance(hops[0], tuple):  # multipath: the other hops may live on
+                others.update((key[0], oif) for _gw, oif in hops if oif != ifindex)
+        mark = routes.begin_mark()
+        dsts = routes.unmarked(mark, 0, ifindex)
+        if dsts:
+            self.pending.append(self._sweep_routes(dsts, mark, 0, ifindex, emit, multipath=False))
         for family, oif in sorted(others):
             self.reread("route", family, oif, True)
+        neigh = [k for k in self.tables["neigh"] if k[1] == ifindex]
+        return self._remove("neigh", neigh, emit)
 
     def _addr_gone(self, addr: Obj) -> None:
         """An address removed: IPv4 flushes routes through its device when it was the last
@@ -331,13 +383,8 @@ class State:
             if route is not None:
                 devices.update(devices_of(route))
         for oif in sorted(devices):
-            self.reread("route", family, oif, True)
-
-    def take_derived(self) -> list[Change]:
-        """Changes the cache derived itself (a removed link's routes), to report after the
-        change that caused them."""
-        derived, self.derived = self.derived, []
-        return derived
+            if routes.has_via(oif, family):
+                self.reread("route", family, oif, True)
 
     def _link(self, old: Obj, new: Obj, emit: bool, resync: bool) -> Change | None:
         changes: dict[str, list[Any]] = {}

@@ -152,6 +152,8 @@ class NetnsWatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: asyncio.Future[None] | None = None
         self._paused = False
+        self._work_scheduled = False
+        self._work_paused = False
         self._stopping = False
         self._resync_mark = 0  # publisher.resync_events when the overflow round began
         self._overflow_warned = False
@@ -184,11 +186,19 @@ class NetnsWatcher:
             idle=self._dumps_idle,
             reset=self._reset_socket,
             later=self._loop.call_later,
+            kick=self._kick,
             filtered=filtered,
         )
         self._loop.call_later(DUMP_STALL_SECONDS, self._check_stall)
         self.scheduler.initial()
         await self._ready
+
+    def _kick(self, start: Any) -> None:
+        # a dump request is sent after the current read slice, not in the middle of it: the
+        # kernel builds the first part inside send(), walking the whole table even for a
+        # device-filtered dump, and notifications already queued should not wait for that
+        assert self._loop is not None
+        self._loop.call_soon(start)
 
     def _open_socket(self) -> NetlinkSocket:
         groups = [g for t in self.tables for g in rtnl.GROUPS[t]]
@@ -238,6 +248,7 @@ class NetnsWatcher:
             self._read(until_empty=True)  # nothing the kernel queued is lost
             self.sock.close()
             self.sock = None
+        self.finish_pending()
 
     def counters(self) -> dict[str, int]:
         """Reader counters plus dumps started, by kind."""
@@ -377,6 +388,57 @@ class NetnsWatcher:
         if state.derived:
             for derived in state.take_derived():
                 self.publisher.publish(derived)
+        if state.pending:
+            self._schedule_work()
+
+    # -- pending removals --------------------------------------------------------------------
+
+    def _schedule_work(self) -> None:
+        if not self._work_scheduled and not self._work_paused and self._loop is not None:
+            self._work_scheduled = True
+            self._loop.call_soon(self._work)
+
+    def _work(self) -> None:
+        """Make and publish pending removals (a sweep, a removed link's routes) in slices.
+
+        Like the reader, it stops for a full lossless sink, and it lets the sinks' backlog
+        fall below :data:`DUMP_PACING` between slices, so that a live event read meanwhile
+        (the socket is read all along) has few events ahead of it.
+        """
+        self._work_scheduled = False
+        if self._work_paused:
+            return
+        state = self.state
+        publish = self.publisher.publish
+        backpressure = self.backpressure
+        clock = time.monotonic
+        deadline = clock() + READ_SLICE
+        while state.pending:
+            for change in state.pending[0]:
+                publish(change)
+                if backpressure.blocked:
+                    self._pause_work(backpressure.on_unblocked)
+                    return
+                if backpressure.backlog() >= DUMP_PACING:
+                    self._pause_work(lambda cb: backpressure.on_backlog_below(DUMP_PACING, cb))
+                    return
+                if clock() > deadline:
+                    self._schedule_work()
+                    return
+            state.pending.popleft()
+
+    def _pause_work(self, arrange: Any) -> None:
+        self._work_paused = True
+        arrange(self._resume_work)
+
+    def _resume_work(self) -> None:
+        self._work_paused = False
+        self._schedule_work()
+
+    def finish_pending(self) -> None:
+        """Make every pending removal now, whatever the sinks' state (shutdown)."""
+        for change in self.state.drain():
+            self.publisher.publish(change)
 
     # -- dumps -------------------------------------------------------------------------------
 
@@ -392,19 +454,21 @@ class NetnsWatcher:
             log.debug("dump ended without a sweep", scope=str(dump.scope), parts=dump.parts)
             self.state.abort_resync()
             return 0
-        removed = self.state.end_resync(emit=dump.emit)
+        removed, queued = self.state.end_resync(emit=dump.emit)
         log.debug(
             "dump ended",
             scope=str(dump.scope),
             parts=dump.parts,
-            removed=len(removed),
+            removed=len(removed) + queued,
             settle_pass=dump.settle_pass,
         )
         for change in removed:
             self.publisher.publish(change)
         for derived in self.state.take_derived():
             self.publisher.publish(derived)
-        return len(removed)
+        if self.state.pending:
+            self._schedule_work()
+        return len(removed) + queued
 
     def _on_overflow(self) -> None:
         self.stats.overflows += 1

@@ -159,6 +159,8 @@ def test_a_silent_flush_reports_every_route_once_and_costs_per_device_dumps(
     assert _after(initial, events) == _kernel_routes(ns)
     stats = events[-1]["data"]["stats"]
     assert stats["overflows"] == 0
-    # the initial fill dumped each table once; every later re-read was per device
+    # the initial fill dumped each table once; every later re-read was per device: lm0's
+    # IPv4 routes at least twice (a settling re-read), lm1p's IPv6 link-local routes and
+    # neighbours, nothing of lm1p's IPv4 (the cache held none: no dump at all)
     assert stats["dumps_full"] == 6
-    assert stats["dumps_targeted"] >= 8  # route and neigh, v4 and v6, for both links
+    assert 2 <= stats["dumps_targeted"] <= 16

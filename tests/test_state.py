@@ -133,6 +133,12 @@ def netconf(ifindex: int, family: int = socket.AF_INET, **values: int) -> Decode
     return result
 
 
+def sweep(state: State, *, emit: bool) -> list[Change]:
+    """End the resync and make its removals, the lazy ones too."""
+    now, _queued = state.end_resync(emit=emit)
+    return now + state.drain()
+
+
 def apply(state: State, decoded: Decoded, **kw: Any) -> Change | None:
     return state.apply(*decoded, **kw)
 
@@ -503,7 +509,7 @@ def test_resync_sweep_removes_untouched_keys_flagged_resync(state: State) -> Non
     assert added is not None
     assert (added.type, added.data["resync"]) == ("route.added", True)
     apply(state, route("192.0.2.128", 25))
-    removed = state.end_resync(emit=True)
+    removed = sweep(state, emit=True)
     assert sorted((c.type, c.subject, c.data["gateway"], c.data["resync"]) for c in removed) == [
         ("route.removed", "198.51.100.0/24", None, True),
         ("route.removed", "default", "192.0.2.254", True),
@@ -518,7 +524,7 @@ def test_resync_sweep_removes_untouched_keys_flagged_resync(state: State) -> Non
 def test_resync_sweep_without_emit_removes_silently(state: State) -> None:
     apply(state, neigh("192.0.2.2", 0x02), emit=False)
     state.begin_resync(Scope("neigh"))
-    assert state.end_resync(emit=False) == []
+    assert sweep(state, emit=False) == []
     assert state.counts()["neigh"] == 0
 
 
@@ -531,7 +537,7 @@ def test_aborted_resync_removes_nothing_and_a_later_resync_still_sweeps(state: S
     assert state.counts()["neigh"] == 2
     state.begin_resync(Scope("neigh"))
     apply(state, neigh("192.0.2.3", 0x02), resync=True)
-    removed = state.end_resync(emit=True)
+    removed = sweep(state, emit=True)
     assert [(c.type, c.subject, c.data["resync"]) for c in removed] == [
         ("neigh.removed", "192.0.2.2", True)
     ]
@@ -540,7 +546,7 @@ def test_aborted_resync_removes_nothing_and_a_later_resync_still_sweeps(state: S
 def test_resync_of_one_table_leaves_the_others_alone(state: State) -> None:
     apply(state, neigh("192.0.2.2", 0x02), emit=False)
     state.begin_resync(Scope("route"))
-    removed = state.end_resync(emit=True)
+    removed = sweep(state, emit=True)
     assert removed == []
     assert state.counts()["neigh"] == 1
     assert state.counts()["link"] == 1
@@ -710,7 +716,7 @@ def test_describe_other_groups(state: State) -> None:
 def test_describe_marks_resync_events(state: State) -> None:
     apply(state, route("192.0.2.0", 24), emit=False)
     state.begin_resync(Scope("route"))
-    (removed,) = state.end_resync(emit=True)
+    (removed,) = sweep(state, emit=True)
     assert describe(_event(removed)) == (
         "route 192.0.2.0/24: removed dev lm0 table main proto static [resync]"
     )
@@ -746,22 +752,29 @@ def _recording_state() -> tuple[State, list[tuple[str, int, int | None, bool]]]:
 def test_admin_down_asks_to_reread_that_links_routes_and_neighbours_per_family() -> None:
     state, asked = _recording_state()
     apply(state, link(BASE | UP | LOWER, "UP", index=3), emit=False)
+    apply(state, route("198.51.100.0", 24, oif=3), emit=False)
+    apply(state, neigh("192.0.2.2", 0x02), emit=False)  # IPv4, on ifindex 3
     apply(state, link(BASE | UP, "LOWERLAYERDOWN", index=3))  # carrier loss: nothing flushed
     assert asked == []
     apply(state, link(BASE, "DOWN", index=3))
-    # settling re-reads: the kernel flushes after it announced the admin-down
-    assert asked == [
-        ("route", socket.AF_INET, 3, True),
-        ("route", socket.AF_INET6, 3, True),
-        ("neigh", socket.AF_INET, 3, True),
-        ("neigh", socket.AF_INET6, 3, True),
-    ]
+    # settling re-reads (the kernel flushes after it announced the admin-down), and only of
+    # what the cache holds: there is no IPv6 route or neighbour on that link to lose
+    assert asked == [("route", socket.AF_INET, 3, True), ("neigh", socket.AF_INET, 3, True)]
+
+
+def test_admin_down_of_a_link_the_cache_holds_nothing_of_asks_for_no_dump() -> None:
+    state, asked = _recording_state()
+    apply(state, link(BASE | UP | LOWER, "UP", index=4, ifname="lm1"), emit=False)
+    apply(state, route("198.51.100.0", 24, oif=3), emit=False)  # another link's
+    apply(state, link(BASE, "DOWN", index=4, ifname="lm1"))
+    assert asked == []
 
 
 def test_address_removal_rereads_its_link_and_the_links_of_routes_using_it_as_source() -> None:
     state, asked = _recording_state()
     apply(state, addr("192.0.2.1", 24, index=3), emit=False)
-    # a route through link 7 whose preferred source is the address on link 3
+    apply(state, route("192.0.2.0", 24, oif=3), emit=False)
+    # a route through link 7, not using the address: link 7 is not re-read
     apply(state, route("198.51.100.0", 24, oif=7), emit=False)
     with_src = _decode(
         rtmsg,
@@ -784,14 +797,16 @@ def test_link_removal_takes_its_routes_and_neighbours_along_reported_after_it() 
     removed = apply(state, link(BASE, "DOWN", index=3, deleted=True))
     assert removed is not None
     assert removed.type == "link.removed"
-    derived = state.take_derived()
+    # the neighbours go at once; the routes lazily, as they may be a million
+    derived = state.take_derived() + state.drain()
     assert [(c.type, c.subject, c.data["resync"]) for c in derived] == [
-        ("route.removed", "198.51.100.0/24", True),
         ("neigh.removed", "192.0.2.2", True),
+        ("route.removed", "198.51.100.0/24", True),
     ]
     assert [r.dst for r in state.routes.values()] == ["203.0.113.0/24"]
     assert asked == []  # a device that is gone cannot be dumped: nothing to ask
     assert state.take_derived() == []
+    assert state.drain() == []
 
 
 def test_a_device_scoped_sweep_touches_only_that_devices_entries() -> None:
@@ -802,7 +817,7 @@ def test_a_device_scoped_sweep_touches_only_that_devices_entries() -> None:
     state.begin_resync(Scope("route", socket.AF_INET, 3))
     # the dump shows one of link 3's two routes; link 4's route is not its business
     apply(state, route("198.51.100.0", 28, oif=3), resync=True)
-    removed = state.end_resync(emit=True)
+    removed = sweep(state, emit=True)
     assert [(c.type, c.subject) for c in removed] == [("route.removed", "198.51.100.16/28")]
     assert sorted(r.dst for r in state.routes.values()) == ["198.51.100.0/28", "198.51.100.32/28"]
     assert len(state.tables["neigh"]) == 1
@@ -814,14 +829,14 @@ def test_a_notification_during_a_scoped_dump_counts_as_seen() -> None:
     state.begin_resync(Scope("route", socket.AF_INET, 3))
     # the route was replaced by a notification while the dump ran: newer than the dump
     apply(state, route("198.51.100.0", 24, oif=3, gateway=None))
-    assert state.end_resync(emit=True) == []
+    assert sweep(state, emit=True) == []
 
 
 def test_an_ipv6_scoped_sweep_leaves_ipv4_routes_of_the_same_device() -> None:
     state = State()
     apply(state, route("198.51.100.0", 24, oif=3), emit=False)
     state.begin_resync(Scope("route", socket.AF_INET6, 3))
-    assert state.end_resync(emit=True) == []
+    assert sweep(state, emit=True) == []
     assert len(state.routes) == 1
 
 
