@@ -10,17 +10,38 @@ from __future__ import annotations
 
 import random
 import time
-from functools import cached_property
-from typing import Any, Final, Literal
+from collections.abc import Callable
+from typing import Any, Final, Generic, Literal, TypeVar, overload
 
 import orjson
 from pydantic import BaseModel, ConfigDict, SkipValidation
+
+_T = TypeVar("_T")
+
+
+class _computed_once(Generic[_T]):
+    """``functools.cached_property`` without its per-access lock (Python 3.11 takes one)."""
+
+    def __init__(self, fn: Callable[[Any], _T]) -> None:
+        self.fn = fn
+        self.name = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    @overload
+    def __get__(self, obj: None, cls: Any = None) -> _computed_once[_T]: ...
+    @overload
+    def __get__(self, obj: object, cls: Any = None) -> _T: ...
+    def __get__(self, obj: object | None, cls: Any = None) -> _T | _computed_once[_T]:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.fn(obj)  # later reads find it there
+        return value
 
 
 class Event(BaseModel):
     """One semantic change, CloudEvents 1.0 compatible (DESIGN §4)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", ignored_types=(_computed_once,))
 
     specversion: Literal["1.0"] = "1.0"
     #: UUIDv7: time-ordered, unique per event, stable across webhook retries
@@ -40,7 +61,7 @@ class Event(BaseModel):
     #: built by linkmond's own code, so not re-validated (it would copy it per event)
     data: SkipValidation[dict[str, Any]]
 
-    @cached_property
+    @_computed_once
     def jsonl(self) -> bytes:
         """The event as one JSON-lines record: compact JSON in UTF-8 and a newline. Computed
         once and shared by every sink.

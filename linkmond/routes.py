@@ -334,6 +334,17 @@ class RouteTable:
 
     def _reindex(self, dst: str, before: tuple[Stored, ...], after: tuple[Stored, ...]) -> None:
         """Keep ``dst`` indexed under every device and prefsrc its routes use."""
+        if not before and len(after) == 1:  # a new destination: the storm's case
+            new = after[0]
+            via = self._via
+            for oif in devices_of(new):
+                dsts = via.get(oif)
+                if dsts is None:
+                    via[oif] = dsts = set()
+                dsts.add(dst)
+            if new.prefsrc is not None:
+                self._prefsrc.setdefault(new.prefsrc, set()).add(dst)
+            return
         if len(before) == 1 and len(after) == 1:
             old, new = before[0], after[0]
             if (

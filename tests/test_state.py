@@ -855,3 +855,35 @@ def test_routes_via_counts_next_hops_too() -> None:
     apply(state, multipath, emit=False)
     apply(state, route("203.0.113.0", 24, oif=4), emit=False)
     assert (state.routes_via(3), state.routes_via(4), state.routes_via(5)) == (1, 2, 0)
+
+
+def test_event_json_is_exactly_pydantics_for_every_kind_of_payload(state: State) -> None:
+    """The orjson fast path must write the text the pydantic model defines, byte for byte."""
+    hops = [
+        {"oif": 3, "attrs": [("RTA_GATEWAY", "192.0.2.1")]},
+        {"oif": 4, "hops": 2, "attrs": [("RTA_GATEWAY", "192.0.2.2")]},
+    ]
+    multipath = _decode(
+        rtmsg,
+        rtnl.RTM_NEWROUTE,
+        {"family": socket.AF_INET, "dst_len": 24, "table": 254, "proto": 4, "type": 1},
+        [("RTA_TABLE", 254), ("RTA_DST", "198.51.100.0"), ("RTA_MULTIPATH", hops)],
+    )
+    changes = [
+        apply(state, link(BASE | UP | LOWER, "UP", ifname="lm0-ünï", mtu=9000)),
+        apply(state, link(BASE | UP, "LOWERLAYERDOWN", ifname="lm0-ünï", mtu=9000)),
+        apply(state, addr("2001:db8::1", 64)),
+        apply(state, multipath),
+        apply(state, route("198.51.100.0", 24, gateway="192.0.2.9"), replace=True),
+        apply(state, neigh("192.0.2.2", 0x02)),
+        apply(state, rule(1000, 100)),
+        apply(state, netconf(-1, forwarding=0)),
+        apply(state, netconf(-1, forwarding=1)),
+    ]
+    factory = EventFactory("/linkmond/hôte", "lmns")
+    made = [factory.make(c.type, c.subject, c.data) for c in changes if c is not None]
+    assert len(made) == 8
+    for event in made:
+        validated = Event.model_validate(json.loads(event.jsonl))
+        assert event.jsonl == validated.model_dump_json().encode() + b"\n"
+        assert event.json_line == event.model_dump_json()
