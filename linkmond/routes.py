@@ -11,7 +11,7 @@ Memory is what decides the layout (a full table is a million routes):
 - Routes are stored by their ``dst`` string, the one object per route that cannot be shared.
   Everything else of the slot (family, table, source, tos, metric) is a *prefix* shared by
   every route with the same values, kept once and referred to by a small integer.
-- What is stored of a route is a :class:`Stored` tuple: that prefix number, the next hop,
+- What is stored of a route is a plain tuple (``Stored``): that prefix number, the next hop,
   the interned ``(protocol, scope, type)`` names, prefsrc and the *mark* of the last dump or
   notification that wrote it. A dump's sweep removes what carries an older mark than the
   dump's own, so a resync needs no set of the keys it saw.
@@ -57,19 +57,15 @@ class Route(NamedTuple):
     nexthops: tuple[Hop, ...] | None
 
 
-class Stored(NamedTuple):
-    """What is kept of a route besides its ``dst`` (see the module docstring)."""
-
-    prefix: int
-    gateway: str | None
-    ifindex: int | None
-    names: tuple[str, str, str]  # protocol, scope, type (interned)
-    prefsrc: str | None
-    nexthops: tuple[Hop, ...] | None
-    mark: int
+#: What is kept of a route besides its ``dst``: a plain tuple ``(prefix number, gateway,
+#: ifindex, (protocol, scope, type), prefsrc, nexthops, mark)``. Plain, not a NamedTuple:
+#: CPython's collector stops tracking an exact tuple of atoms, never a subclass's instance,
+#: and a million tracked entries made every full collection take ~175 ms.
+Stored = tuple[Any, ...]
+_PREFIX, _GATEWAY, _IFINDEX, _NAMES, _PREFSRC, _NEXTHOPS, _MARK = range(7)
 
 
-def hops_of(route: Route | Stored) -> Hops:
+def hops_of(route: Route) -> Hops:
     """The next-hop part of a route's key, as the decoder builds it."""
     nexthops = route.nexthops
     if nexthops is None:
@@ -77,12 +73,27 @@ def hops_of(route: Route | Stored) -> Hops:
     return tuple((hop.gateway, hop.ifindex) for hop in nexthops)
 
 
-def devices_of(route: Route | Stored) -> set[int]:
+def devices_of(route: Route) -> set[int]:
     """Every device a route goes through: its own and its next hops'."""
     nexthops = route.nexthops
     if nexthops:
         return {hop.ifindex for hop in nexthops if hop.ifindex}
     oif = route.ifindex
+    return {oif} if oif else set()
+
+
+def _stored_hops(value: Stored) -> Hops:
+    nexthops = value[_NEXTHOPS]
+    if nexthops is None:
+        return (value[_GATEWAY], value[_IFINDEX] or 0)
+    return tuple((hop.gateway, hop.ifindex) for hop in nexthops)
+
+
+def _stored_devices(value: Stored) -> set[int]:
+    nexthops = value[_NEXTHOPS]
+    if nexthops:
+        return {hop.ifindex for hop in nexthops if hop.ifindex}
+    oif = value[_IFINDEX]
     return {oif} if oif else set()
 
 
@@ -117,10 +128,11 @@ class RouteTable:
         self._prefix_numbers: dict[tuple[Any, ...], int] = {}
         self._prefixes: list[tuple[Any, ...]] = []
         self._names: dict[tuple[str, str, str], tuple[str, str, str]] = {}
-        #: device → dst strings with a route through it (any next hop)
-        self._via: dict[int, set[str]] = {}
-        #: preferred source address → dst strings with a route carrying it
-        self._prefsrc: dict[str, set[str]] = {}
+        #: device → dst strings with a route through it (any next hop); dicts used as sets,
+        #: because the collector stops tracking a dict of strings, never a set
+        self._via: dict[int, dict[str, None]] = {}
+        #: preferred source address → dst strings with a route carrying it (likewise)
+        self._prefsrc: dict[str, dict[str, None]] = {}
         #: written into every route stored; a dump's sweep removes routes with an older one
         self.mark = 0
 
@@ -135,7 +147,7 @@ class RouteTable:
         return number
 
     def _route(self, dst: str, value: Stored) -> Route:
-        _f, _t, src, tos, metric, family_name, table_name = self._prefixes[value[0]]
+        _f, _t, src, tos, metric, family_name, table_name = self._prefixes[value[_PREFIX]]
         _p, gateway, ifindex, (protocol, scope, type_), prefsrc, nexthops, _m = value
         return _new(
             Route,
@@ -144,13 +156,13 @@ class RouteTable:
         )  # fmt: skip
 
     def _key(self, dst: str, value: Stored) -> Key:
-        family, table, src, tos, metric = self._prefixes[value[0]][:5]
-        return (family, table, dst, src, tos, metric, hops_of(value))
+        family, table, src, tos, metric = self._prefixes[value[_PREFIX]][:5]
+        return (family, table, dst, src, tos, metric, _stored_hops(value))
 
     def _find(self, entry: Entry, prefix: int, hops: Hops) -> Stored | None:
         if isinstance(entry, dict):
             return entry.get((prefix, hops))
-        if entry[0] == prefix and hops_of(entry) == hops:
+        if entry[_PREFIX] == prefix and _stored_hops(entry) == hops:
             return entry
         return None
 
@@ -194,7 +206,9 @@ class RouteTable:
         prefixes = self._prefixes
         for dst in self._via.get(ifindex, ()):
             for value in _values(self._by_dst[dst]):
-                if (not family or prefixes[value[0]][0] == family) and ifindex in devices_of(value):
+                if (
+                    not family or prefixes[value[_PREFIX]][0] == family
+                ) and ifindex in _stored_devices(value):
                     yield dst, value
 
     def keys_via(self, ifindex: int, family: int = 0) -> list[Key]:
@@ -207,7 +221,7 @@ class RouteTable:
             self._key(dst, value)
             for dst in self._prefsrc.get(address, ())
             for value in _values(self._by_dst[dst])
-            if value.prefsrc == address
+            if value[_PREFSRC] == address
         ]
 
     # -- sweeps ------------------------------------------------------------------------------
@@ -230,9 +244,9 @@ class RouteTable:
         for dst, entry in candidates:
             for value in _values(entry):
                 if (
-                    value[6] < mark
-                    and (not family or prefixes[value[0]][0] == family)
-                    and (oif is None or oif in devices_of(value))
+                    value[_MARK] < mark
+                    and (not family or prefixes[value[_PREFIX]][0] == family)
+                    and (oif is None or oif in _stored_devices(value))
                 ):
                     found.append(dst)
                     break
@@ -247,9 +261,9 @@ class RouteTable:
         return [
             self._key(dst, value)
             for value in _values(entry)
-            if value[6] < mark
-            and (not family or prefixes[value[0]][0] == family)
-            and (oif is None or oif in devices_of(value))
+            if value[_MARK] < mark
+            and (not family or prefixes[value[_PREFIX]][0] == family)
+            and (oif is None or oif in _stored_devices(value))
         ]
 
     # -- changes -----------------------------------------------------------------------------
@@ -266,10 +280,15 @@ class RouteTable:
         hops = key[6]
         names = (route.protocol, route.scope, route.type)
         names = self._names.setdefault(names, names)
-        value = _new(
-            Stored, (prefix, route.gateway, route.ifindex, names, route.prefsrc, route.nexthops,
-                     self.mark),
-        )  # fmt: skip
+        value = (
+            prefix,
+            route.gateway,
+            route.ifindex,
+            names,
+            route.prefsrc,
+            route.nexthops,
+            self.mark,
+        )
         entry = self._by_dst.get(dst)
         if entry is None:
             self._by_dst[dst] = value
@@ -277,12 +296,14 @@ class RouteTable:
             self._reindex(dst, (), (value,))
             return None
         if not isinstance(entry, dict):
-            if entry[0] == prefix and hops_of(entry) == hops:  # the common case: a repeat
+            if (
+                entry[_PREFIX] == prefix and _stored_hops(entry) == hops
+            ):  # the common case: a repeat
                 self._by_dst[dst] = value
                 self._reindex(dst, (entry,), (value,))
                 return self._route(dst, entry)
             before: tuple[Stored, ...] = (entry,)
-            group = {(entry[0], hops_of(entry)): entry}
+            group = {(entry[_PREFIX], _stored_hops(entry)): entry}
         else:
             group = entry
             before = tuple(group.values())
@@ -312,9 +333,9 @@ class RouteTable:
             return None, []
         hops = key[6]
         if not isinstance(entry, dict):
-            if entry[0] != prefix:
+            if entry[_PREFIX] != prefix:
                 return None, []
-            if hops_of(entry) != hops:
+            if _stored_hops(entry) != hops:
                 return None, [self._key(dst, entry)]
             del self._by_dst[dst]
             self._len -= 1
@@ -337,36 +358,36 @@ class RouteTable:
         if not before and len(after) == 1:  # a new destination: the storm's case
             new = after[0]
             via = self._via
-            for oif in devices_of(new):
+            for oif in _stored_devices(new):
                 dsts = via.get(oif)
                 if dsts is None:
-                    via[oif] = dsts = set()
-                dsts.add(dst)
-            if new.prefsrc is not None:
-                self._prefsrc.setdefault(new.prefsrc, set()).add(dst)
+                    via[oif] = dsts = {}
+                dsts[dst] = None
+            if new[_PREFSRC] is not None:
+                self._prefsrc.setdefault(new[_PREFSRC], {})[dst] = None
             return
         if len(before) == 1 and len(after) == 1:
             old, new = before[0], after[0]
             if (
-                old.ifindex == new.ifindex
-                and old.nexthops == new.nexthops
-                and old.prefsrc == new.prefsrc
+                old[_IFINDEX] == new[_IFINDEX]
+                and old[_NEXTHOPS] == new[_NEXTHOPS]
+                and old[_PREFSRC] == new[_PREFSRC]
             ):
                 return  # the common repeat: the indexes already say the same
-        old_devices = set().union(*(devices_of(v) for v in before))
-        new_devices = set().union(*(devices_of(v) for v in after))
+        old_devices = set().union(*(_stored_devices(v) for v in before))
+        new_devices = set().union(*(_stored_devices(v) for v in after))
         _move(self._via, dst, old_devices - new_devices, new_devices - old_devices)
-        old_src = {v.prefsrc for v in before if v.prefsrc is not None}
-        new_src = {v.prefsrc for v in after if v.prefsrc is not None}
+        old_src = {v[_PREFSRC] for v in before if v[_PREFSRC] is not None}
+        new_src = {v[_PREFSRC] for v in after if v[_PREFSRC] is not None}
         _move(self._prefsrc, dst, old_src - new_src, new_src - old_src)
 
 
-def _move(index: dict[Any, set[str]], dst: str, gone: set[Any], new: set[Any]) -> None:
+def _move(index: dict[Any, dict[str, None]], dst: str, gone: set[Any], new: set[Any]) -> None:
     for name in gone:
         dsts = index.get(name)
         if dsts is not None:
-            dsts.discard(dst)
+            dsts.pop(dst, None)
             if not dsts:
                 del index[name]
     for name in new:
-        index.setdefault(name, set()).add(dst)
+        index.setdefault(name, {})[dst] = None

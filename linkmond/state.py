@@ -40,6 +40,7 @@ _NOTABLE_OPERSTATES: Final = frozenset({"dormant", "testing", "notpresent"})
 
 _LINK_FIELDS: Final = ("ifname", "mtu", "mac", "master", "kind")
 _ADDR_FIELDS: Final = ("peer", "scope", "label", "flags")
+_ROUTE_TYPES: Final = {kind: f"route.{kind}" for kind in ("added", "removed", "changed")}
 #: the fields of a route whose change is a route.changed, with their index in Route
 _ROUTE_FIELDS: Final = tuple(
     (name, Route._fields.index(name))
@@ -315,17 +316,34 @@ class State:
     def _build_route(
         self, kind: str, route: Route, changes: dict[str, list[Any]], resync: bool
     ) -> Change:
-        data = route._asdict()
-        ifname = data["ifname"] = self.ifname(route.ifindex)
-        if route.nexthops:
-            data["nexthops"] = [
+        (
+            family,
+            dst,
+            src,
+            gateway,
+            index,
+            table,
+            protocol,
+            scope,
+            type_,
+            metric,
+            prefsrc,
+            tos,
+            hops,
+        ) = route
+        ifname = self.ifname(index)
+        data = {  # the event's field order (DESIGN §4); a literal is twice as fast as _asdict
+            "family": family, "dst": dst, "src": src, "gateway": gateway, "ifindex": index,
+            "table": table, "protocol": protocol, "scope": scope, "type": type_,
+            "metric": metric, "prefsrc": prefsrc, "tos": tos,
+            "nexthops": None if hops is None else [
                 {"gateway": h.gateway, "ifindex": h.ifindex, "weight": h.weight,
                  "ifname": self.ifname(h.ifindex)}
-                for h in route.nexthops
-            ]  # fmt: skip
-        data["changes"] = changes
-        data["resync"] = resync
-        return Change(f"route.{kind}", route.dst, data, ifname)
+                for h in hops
+            ],
+            "ifname": ifname, "changes": changes, "resync": resync,
+        }  # fmt: skip
+        return Change(_ROUTE_TYPES[kind], dst, data, ifname)
 
     def _forget_name_later(self, ifindex: Any) -> None:
         # a removed link's name still serves late messages about its addresses and routes;

@@ -22,6 +22,14 @@ events prompt:
 - A full lossless sink pauses the reader altogether (:attr:`Fanout.blocked`): the socket is
   not read, a running dump waits in the kernel, notifications wait in the receive buffer,
   and if that overflows, the re-dump after ``ENOBUFS`` turns what was missed into events.
+- A dump's sweep, or the routes of a removed link, can be a million removals. They are made
+  lazily (:attr:`State.pending`), in slices paced like a dump, while the socket goes on being
+  read, so a live event is not held up behind them either. Interleaving them is sound: a
+  route is removed only if it still carries a mark older than the dump's when its turn
+  comes, so a newer notification about it always wins.
+- A dump request is sent after the current read slice (``call_soon``), never inside it: the
+  kernel builds a dump's first part inside ``send()``, walking the whole table even for a
+  device-filtered dump, and notifications already queued should not wait for that.
 
 Dumps are chosen by :class:`~linkmond.scheduler.DumpScheduler`; what needs re-reading after
 a change comes from :class:`~linkmond.state.State` through its one ``reread`` channel, and
