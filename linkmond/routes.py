@@ -227,9 +227,20 @@ class RouteTable:
     # -- sweeps ------------------------------------------------------------------------------
 
     def begin_mark(self) -> int:
-        """A new mark for what is stored from now on; returns it (a dump's sweep compares)."""
-        self.mark += 1
-        return self.mark
+        """Start a dump: returns the mark its entries are written with (``dump_mark`` of
+        :meth:`put`); everything written otherwise from now on carries a higher one, so a
+        newer notification is recognisable, and a sweep removes what carries a lower one."""
+        self.mark += 2
+        return self.mark - 1
+
+    def notified_since(self, key: Key, mark: int) -> bool:
+        """Whether the route under ``key`` was written after the dump of ``mark`` began."""
+        entry = self._by_dst.get(key[2])
+        prefix = self._prefix(key)
+        if entry is None or prefix is None:
+            return False
+        value = self._find(entry, prefix, key[6])
+        return value is not None and value[_MARK] > mark
 
     def unmarked(self, mark: int, family: int = 0, oif: int | None = None) -> list[str]:
         """The dst strings holding a route of the scope stored before ``mark``: what a dump
@@ -268,11 +279,14 @@ class RouteTable:
 
     # -- changes -----------------------------------------------------------------------------
 
-    def put(self, key: Key, route: Route, replace: bool) -> Route | None:
+    def put(
+        self, key: Key, route: Route, replace: bool, dump_mark: int | None = None
+    ) -> Route | None:
         """Store ``route`` under ``key`` with the kernel's replace semantics.
 
         Returns what the route is to be compared with: the route that was under ``key``,
         else one it superseded (NLM_F_REPLACE, or a route that describes its whole slot).
+        A dump's entry is written with its ``dump_mark`` (see :meth:`begin_mark`).
         """
         prefix = self._prefix(key, route)
         assert prefix is not None

@@ -4,8 +4,7 @@
 ``request_dump(table, family, oif) -> seq``) and the consequences handed to callbacks, so
 every rule here is unit-tested without a kernel:
 
-- One dump runs at a time: dumps share the subscription socket with the notifications, which
-  is what keeps the cache exact (see :mod:`linkmond.watcher`).
+- One dump runs at a time, on a socket of its own (see :mod:`linkmond.watcher`).
 - The initial dump of every watched table fills the cache silently; the daemon is ready when
   it is done.
 - A re-read of one device's routes or neighbours (after the kernel may have removed them
@@ -13,6 +12,9 @@ every rule here is unit-tested without a kernel:
   running does not count: it may have passed the entries before the change that asked.
 - An overflow (``ENOBUFS`` on read) re-dumps every table once the running dump ends; that
   covers whatever else was queued. Another overflow during that round means one more round.
+  The round begins only once the notification socket has been read empty
+  (:meth:`notifications_drained`): what was queued there before the loss is older than the
+  loss, and must not count as newer than the dump.
 - ``NLM_F_DUMP_INTR`` (the table changed under the dump, which may have skipped entries):
   the dump is retried; after :data:`MAX_DUMP_ATTEMPTS` its entries are kept but nothing is
   swept on its word.
@@ -147,6 +149,8 @@ class DumpScheduler:
         self.ready = False  # the initial fill is done
         self.overflow_pending = False
         self.in_overflow_round = False
+        #: an overflow's round waits until the notifications queued before it are read
+        self.wait_for_drain = False
         self.stopped = False
         self._failed_requests = 0
 
@@ -181,12 +185,20 @@ class DumpScheduler:
         self.queue.append(dump)
         self._start_soon()
 
+    def notifications_drained(self) -> None:
+        """The notification socket was read empty: a waiting overflow round may begin."""
+        if self.wait_for_drain:
+            self.wait_for_drain = False
+            self._start_soon()
+
     def _settle_again(self, scope: Scope, settle_pass: int) -> None:
         if not self.stopped:
             self._queue(Dump(scope, settle_pass=settle_pass))
 
     def overflow(self) -> None:
-        """Notifications were lost: re-dump everything (after the running dump)."""
+        """Notifications were lost: re-dump everything (after the running dump, and after
+        the notifications still queued are read: :meth:`notifications_drained`)."""
+        self.wait_for_drain = True
         if not self.ready:
             # still filling the cache: what was lost predates readiness; fill it again
             self.queue = deque(Dump(Scope(t), emit=False) for t in self.tables)
@@ -295,6 +307,8 @@ class DumpScheduler:
     def _start_next(self) -> None:
         if self.current is not None or self.stopped:
             return
+        if self.wait_for_drain and (self.overflow_pending or not self.ready):
+            return  # notifications from before the loss are still queued
         if self.overflow_pending and not self.in_overflow_round:
             self.overflow_pending = False
             self.in_overflow_round = True

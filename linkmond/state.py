@@ -100,6 +100,9 @@ class State:
         #: carry the mark of what wrote them instead: see linkmond.routes)
         self._scope: Scope | None = None
         self._touched: set[Hashable] = set()
+        #: keys a notification changed, and routes one deleted, since the dump began
+        self._notified: set[Hashable] = set()
+        self._deleted: set[Hashable] = set()
         self._route_mark = 0
         #: removals still to be made and reported, oldest first: a sweep's, or a removed
         #: link's routes; lazy, so that a million of them wait for the sinks, not in memory.
@@ -146,10 +149,12 @@ class State:
     def begin_resync(self, scope: Scope) -> None:
         """Start marking the keys that a dump of ``scope`` or a newer notification touches.
 
-        One dump runs at a time (they share the socket), so one scope is tracked.
+        One dump runs at a time, so one scope is tracked.
         """
         self._scope = scope
         self._touched = set()
+        self._notified = set()
+        self._deleted = set()
         if scope.table == "route":
             self._route_mark = self.routes.begin_mark()
 
@@ -157,6 +162,8 @@ class State:
         """Forget the marks of a dump whose result cannot be trusted to be complete."""
         self._scope = None
         self._touched = set()
+        self._notified = set()
+        self._deleted = set()
 
     def end_resync(self, *, emit: bool) -> tuple[list[Change], int]:
         """Remove what the dump's scope held that nobody touched since :meth:`begin_resync`.
@@ -171,7 +178,7 @@ class State:
         removed only if it still carries a mark older than the dump's when its turn comes.
         The other tables are small and swept at once.
         """
-        scope, touched = self._scope, self._touched
+        scope, touched = self._scope, self._touched | self._notified
         self.abort_resync()
         if scope is None:
             return [], 0
@@ -216,10 +223,25 @@ class State:
                 changes.append(change)
         return changes
 
-    def _track(self, table: str, key: Hashable) -> None:
-        scope = self._scope
-        if scope is not None and scope.table == table and table != "route":
-            self._touched.add(key)
+    def _superseded(self, table: str, key: Hashable, obj: Any, dump: bool) -> bool:
+        """Track what the dump in progress shows and what notifications change meanwhile;
+        True for a dump entry a notification since the dump began has made stale."""
+        if table == "route":  # routes carry marks; only deletions need remembering
+            if not dump:
+                if obj is None:
+                    self._deleted.add(key)
+                return False
+            return key in self._deleted or self.routes.notified_since(
+                key,  # type: ignore[arg-type]
+                self._route_mark,
+            )
+        if not dump:
+            self._notified.add(key)
+            return False
+        if key in self._notified:
+            return True
+        self._touched.add(key)
+        return False
 
     # -- the diff --------------------------------------------------------------------------
 
@@ -232,17 +254,22 @@ class State:
         emit: bool = True,
         resync: bool = False,
         replace: bool = False,
+        dump: bool = False,
     ) -> Change | None:
         """Fold one decoded object (None: deleted) into the cache; return the change if any.
 
         ``emit=False`` updates the cache silently (the initial dump); ``resync`` flags the
         change as found by a re-dump rather than announced by the kernel; ``replace`` is the
-        message's NLM_F_REPLACE (a route that takes the place of another).
+        message's NLM_F_REPLACE (a route that takes the place of another); ``dump`` says the
+        object comes from the answer of the dump in progress, which a notification about the
+        same object since the dump began overrides (it is newer, see linkmond.watcher).
         """
-        if self._scope is not None:
-            self._track(table, key)
+        scope = self._scope
+        if scope is not None and scope.table == table and self._superseded(table, key, obj, dump):
+            return None
         if table == "route":
-            return self._route(key, obj, emit, resync, replace)  # type: ignore[arg-type]
+            mark = self._route_mark if dump and self._scope is not None else None
+            return self._route(key, obj, emit, resync, replace, mark)  # type: ignore[arg-type]
         cache = self.tables[table]
         old = cache.get(key)
         if table == "netconf":
@@ -278,7 +305,13 @@ class State:
         return self._build(table, "changed", obj, changes, resync)
 
     def _route(
-        self, key: tuple[Any, ...], route: Route | None, emit: bool, resync: bool, replace: bool
+        self,
+        key: tuple[Any, ...],
+        route: Route | None,
+        emit: bool,
+        resync: bool,
+        replace: bool,
+        dump_mark: int | None = None,
     ) -> Change | None:
         routes = self.routes
         if route is None:
@@ -294,7 +327,7 @@ class State:
                         self.reread("route", key[0], oif, False)
                 return None
             return self._build_route("removed", old, {}, resync) if emit else None
-        old = routes.put(key, route, replace)
+        old = routes.put(key, route, replace, dump_mark)
         if old is None:
             return self._build_route("added", route, {}, resync) if emit else None
         if old == route or not emit:

@@ -1,32 +1,34 @@
-"""One watched network namespace: its socket, its cache and its dumps — the reader's hot path.
+"""One watched network namespace: its sockets, its cache and its dumps — the reader's hot path.
 
-Everything here runs synchronously in the socket's readiness callback; nothing awaits.
+Everything here runs synchronously in the sockets' readiness callbacks; nothing awaits.
 
-Why one socket serves notifications and dumps, and why that keeps the cache exact and live
-events prompt:
+Two sockets, and why that keeps the cache exact and live events prompt:
 
-- The kernel queues dump parts and notifications on one socket in the order things
-  happened, so processing the socket in order keeps the cache exact: a notification that
-  arrives mid-dump is newer than the parts already dumped and older than the rest. The
-  resync bookkeeping (:meth:`State.begin_resync`) marks every key a dump part or a newer
-  notification touches, and only unmarked keys of the dump's scope are swept at its end.
-- The kernel builds the next part of a dump (one buffer of ~200 routes) only when we read
-  from the socket and it is less than half full. So a notification is never queued behind
-  more than a part or two of even a million-route dump: it is read within a few parts.
-- What made a live event wait was the process, not the socket: a reader that processed a
-  whole dump in one callback kept the sinks' writers from running. The reader yields to the
-  event loop after :data:`READ_SLICE` seconds of work (the socket is still readable, so the
-  loop calls back at once, after the sinks had their turn), and while a dump runs it reads
-  only while the lossless sinks' queues are shallow (:data:`DUMP_PACING` events), so an
-  event published mid-dump has at most that many events ahead of it.
-- A full lossless sink pauses the reader altogether (:attr:`Fanout.blocked`): the socket is
-  not read, a running dump waits in the kernel, notifications wait in the receive buffer,
-  and if that overflows, the re-dump after ``ENOBUFS`` turns what was missed into events.
+- Notifications arrive on a subscribed socket; dumps are asked for and answered on a second
+  socket joined to no group. On one shared socket the kernel would append a further dump
+  part after *every* read, of a notification too, so a dump read among many notifications
+  runs ahead of them by megabytes, and a carrier loss waited 400 ms behind a full-table
+  resync (measured). On its own socket a dump advances only as its own answer is read: in
+  slices of :data:`READ_SLICE` seconds, and only while the lossless sinks hold fewer than
+  :data:`DUMP_PACING` events, so an event published meanwhile never has many ahead of it.
+- Without the shared order, what a dump says of an object and what a notification says of
+  it can arrive either way round. The rule: a notification processed after the dump began
+  is at least as new as the dump's entry, and wins (:meth:`State.apply` with ``dump``; for
+  routes, marks say which write came from where). That is sound because the notification
+  stream is complete — any later change brings a later notification — except where the
+  kernel drops notifications (``ENOBUFS``). So the full resync after an overflow begins only
+  once the notification socket has been read empty: what was queued before the loss is then
+  behind us, and everything read during the resync is newer than the loss.
+- Silent changes (routes flushed when a link goes down) are what dumps are for: the change
+  that makes them (the admin-down) is itself notified, and the re-read it asks for begins
+  after it was processed.
+- A full lossless sink pauses both readers (:attr:`Fanout.blocked`): notifications wait in
+  the receive buffer, a running dump waits in the kernel, and if the buffer overflows, the
+  resync after ``ENOBUFS`` turns what was missed into events (``resync: true``).
 - A dump's sweep, or the routes of a removed link, can be a million removals. They are made
-  lazily (:attr:`State.pending`), in slices paced like a dump, while the socket goes on being
-  read, so a live event is not held up behind them either. Interleaving them is sound: a
-  route is removed only if it still carries a mark older than the dump's when its turn
-  comes, so a newer notification about it always wins.
+  lazily (:attr:`State.pending`), in slices paced like a dump, while notifications go on
+  being read. Interleaving them is sound: a route is removed only if it still carries a mark
+  older than the dump's when its turn comes, so a newer notification about it always wins.
 - A dump request is sent after the current read slice (``call_soon``), never inside it: the
   kernel builds a dump's first part inside ``send()``, walking the whole table even for a
   device-filtered dump, and notifications already queued should not wait for that.
@@ -60,8 +62,8 @@ log = structlog.get_logger("linkmond.watcher")
 #: Seconds of reading per readiness callback before yielding to the loop, so sink writers,
 #: timers and the watchdog run during a storm or a large dump.
 READ_SLICE: Final = 0.002
-#: While a dump runs, the socket is read only while every lossless sink holds fewer queued
-#: events than this: an event published mid-dump then has at most this many ahead of it.
+#: A dump's answer (and pending removals) are read only while every lossless sink holds fewer
+#: queued events than this: an event published meanwhile has at most this many ahead of it.
 DUMP_PACING: Final = 1024
 #: Datagrams read at most when stopping (a storm must not keep shutdown from ending).
 STOP_READ_BUDGET: Final = 65536
@@ -153,13 +155,17 @@ class NetnsWatcher:
         self.backpressure: Backpressure = backpressure or _NoBackpressure()
         self.stats = WatcherStats()
         self.state = State(reread=self._reread)
+        #: the subscribed socket: notifications only
         self.sock: NetlinkSocket | None = None
+        #: the socket dumps are requested and answered on (joined to no group)
+        self.dump_sock: NetlinkSocket | None = None
         self.scheduler: DumpScheduler | None = None
         self._buf = bytearray(READ_SIZE)
         self._view = memoryview(self._buf)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: asyncio.Future[None] | None = None
         self._paused = False
+        self._dump_paused = False
         self._work_scheduled = False
         self._work_paused = False
         self._stopping = False
@@ -176,7 +182,8 @@ class NetnsWatcher:
         self._loop = asyncio.get_running_loop()
         self._ready = self._loop.create_future()
         sock = self._open_socket()
-        filtered = sock.enable_strict_check()
+        dump_sock = self._open_dump_socket()
+        filtered = dump_sock.enable_strict_check()
         if not filtered:
             log.warning("the kernel refuses NETLINK_GET_STRICT_CHK; re-reading whole tables")
         if self.receive_buffer > sock.receive_buffer:
@@ -187,7 +194,7 @@ class NetnsWatcher:
                 hint="run with CAP_NET_ADMIN, or raise net.core.rmem_max",
             )
         self.scheduler = DumpScheduler(
-            sock,
+            dump_sock,
             self.tables,
             begin=self._begin_dump,
             finish=self._finish_dump,
@@ -217,26 +224,35 @@ class NetnsWatcher:
             self._loop.add_reader(sock.fileno(), self._on_readable)
         return sock
 
-    def _reset_socket(self, why: str) -> None:
-        """Replace the socket (the scheduler then re-dumps everything on the new one).
+    def _open_dump_socket(self) -> NetlinkSocket:
+        sock = NetlinkSocket()
+        self.dump_sock = sock
+        assert self._loop is not None
+        if not self._dump_paused:
+            self._loop.add_reader(sock.fileno(), self._on_dump_readable)
+        return sock
 
-        The new socket is subscribed before the old one closes, so nothing is missed.
+    def _reset_socket(self, why: str) -> None:
+        """Replace the dump socket (the scheduler then re-dumps everything on the new one).
+
+        A dump the kernel left stalled, or an answer that cannot be trusted, ends with the
+        socket it was on; notifications go on arriving on theirs meanwhile.
         """
         scheduler = self.scheduler
         if scheduler is not None and not (
             scheduler.in_overflow_round or scheduler.overflow_pending
         ):
             self._resync_mark = self.publisher.resync_events
-        old = self.sock
-        new = self._open_socket()
-        if self.scheduler is not None and not new.enable_strict_check():
-            self.scheduler.filtered = False
+        old = self.dump_sock
         if old is not None:
             assert self._loop is not None
             self._loop.remove_reader(old.fileno())
             old.close()
-        if self.scheduler is not None:
-            self.scheduler.sock = new
+        new = self._open_dump_socket()
+        if scheduler is not None:
+            if not new.enable_strict_check():
+                scheduler.filtered = False
+            scheduler.sock = new
 
     def set_receive_buffer(self, size: int) -> None:
         """Change the socket's receive buffer (a reload); kept for sockets opened later."""
@@ -256,6 +272,11 @@ class NetnsWatcher:
             self._read(until_empty=True)  # nothing the kernel queued is lost
             self.sock.close()
             self.sock = None
+        if self.dump_sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self.dump_sock.fileno())
+            self.dump_sock.close()
+            self.dump_sock = None
         self.finish_pending()
 
     def counters(self) -> dict[str, int]:
@@ -272,12 +293,13 @@ class NetnsWatcher:
         self._read(until_empty=False)
 
     def _read(self, *, until_empty: bool) -> None:
+        """Read notifications until the socket is empty, the slice is over or a lossless
+        sink is full."""
         sock = self.sock
         if sock is None or self._paused:
             return
         view = self._view
         backpressure = self.backpressure
-        scheduler = self.scheduler
         clock = time.monotonic
         deadline = clock() + READ_SLICE
         budget = STOP_READ_BUDGET
@@ -285,8 +307,8 @@ class NetnsWatcher:
             try:
                 n = sock.recv_into(view)
             except BlockingIOError:
-                if scheduler is not None:
-                    scheduler.drained()
+                if self.scheduler is not None:
+                    self.scheduler.notifications_drained()
                 return
             except InterruptedError:
                 continue
@@ -296,8 +318,6 @@ class NetnsWatcher:
                 self._on_overflow()
                 continue
             self.feed(view, n)
-            if self.sock is not sock:
-                return  # replaced while processing (a reset); the new one has a reader
             if until_empty:
                 budget -= 1
                 if budget:
@@ -306,18 +326,11 @@ class NetnsWatcher:
             if backpressure.blocked:
                 self._pause(backpressure.on_unblocked)
                 return
-            if (
-                scheduler is not None
-                and scheduler.current is not None
-                and backpressure.backlog() >= DUMP_PACING
-            ):
-                self._pause(lambda cb: backpressure.on_backlog_below(DUMP_PACING, cb))
-                return
             if clock() > deadline:
                 return  # still readable: the loop calls back after the others had a turn
 
     def _pause(self, arrange: Any) -> None:
-        """Stop reading until the fan-out says there is room again."""
+        """Stop reading notifications until the fan-out says there is room again."""
         sock = self.sock
         if sock is None or self._loop is None:
             return
@@ -332,30 +345,90 @@ class NetnsWatcher:
         if self.sock is not None and self._loop is not None and not self._stopping:
             self._loop.add_reader(self.sock.fileno(), self._on_readable)
 
+    def _on_dump_readable(self) -> None:
+        """Read the running dump's answer: in slices, paced by the sinks' backlog."""
+        sock = self.dump_sock
+        scheduler = self.scheduler
+        if sock is None or scheduler is None or self._dump_paused:
+            return
+        view = self._view
+        backpressure = self.backpressure
+        clock = time.monotonic
+        deadline = clock() + READ_SLICE
+        while True:
+            try:
+                n = sock.recv_into(view)
+            except BlockingIOError:
+                scheduler.drained()
+                return
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                # nothing but answers arrives here, so this is no lost notification: the
+                # answer is incomplete; start over on a fresh socket
+                if scheduler.current is not None:
+                    scheduler.done(-exc.errno if exc.errno else -1)
+                return
+            self.feed_dump(view, n)
+            if self.dump_sock is not sock:
+                return  # replaced while processing (a reset); the new one has a reader
+            if backpressure.blocked:
+                self._pause_dump(backpressure.on_unblocked)
+                return
+            if backpressure.backlog() >= DUMP_PACING:
+                self._pause_dump(lambda cb: backpressure.on_backlog_below(DUMP_PACING, cb))
+                return
+            if clock() > deadline:
+                return
+
+    def _pause_dump(self, arrange: Any) -> None:
+        sock = self.dump_sock
+        if sock is None or self._loop is None:
+            return
+        self._dump_paused = True
+        self._loop.remove_reader(sock.fileno())
+        arrange(self._resume_dump)
+
+    def _resume_dump(self) -> None:
+        if not self._dump_paused:
+            return
+        self._dump_paused = False
+        if self.dump_sock is not None and self._loop is not None and not self._stopping:
+            self._loop.add_reader(self.dump_sock.fileno(), self._on_dump_readable)
+
     def feed(self, buf: Any, length: int) -> None:
-        """Process one datagram of ``length`` bytes from the socket."""
+        """Process one datagram of notifications, ``length`` bytes."""
         if not isinstance(buf, bytes):
             buf = bytes(buf[:length])  # one copy per datagram; slicing bytes is then cheap
+        try:
+            for mtype, mflags, _seq, _pid, start, end in split_messages(buf, length):
+                self.stats.messages += 1
+                self._apply(mtype, buf, start, end, replace=bool(mflags & rtnl.NLM_F_REPLACE))
+        except DecodeError as exc:
+            self.stats.malformed += 1
+            log.warning("malformed netlink datagram skipped", error=str(exc))
+
+    def feed_dump(self, buf: Any, length: int) -> None:
+        """Process one datagram of the dump socket: parts of the running dump's answer."""
+        if not isinstance(buf, bytes):
+            buf = bytes(buf[:length])
         scheduler = self.scheduler
-        portid = self.sock.portid if self.sock is not None else -1
+        portid = self.dump_sock.portid if self.dump_sock is not None else -1
         try:
             for mtype, mflags, seq, pid, start, end in split_messages(buf, length):
                 self.stats.messages += 1
-                if scheduler is not None and pid == portid and scheduler.is_answer(seq):
-                    current = scheduler.current
-                    assert current is not None
-                    scheduler.part(bool(mflags & rtnl.NLM_F_DUMP_INTR))
-                    if mtype == rtnl.NLMSG_DONE:
-                        # a dump that failed midway says so in NLMSG_DONE's payload
-                        scheduler.done(self._errno(buf, start, end, 0))
-                    elif mtype == rtnl.NLMSG_ERROR:
-                        scheduler.done(self._errno(buf, start, end, -1) or -1)
-                    else:
-                        self._apply(mtype, buf, start, end, current.emit, True, False)
+                if scheduler is None or pid != portid or not scheduler.is_answer(seq):
+                    continue  # what is left of a dump given up on
+                current = scheduler.current
+                assert current is not None
+                scheduler.part(bool(mflags & rtnl.NLM_F_DUMP_INTR))
+                if mtype == rtnl.NLMSG_DONE:
+                    # a dump that failed midway says so in NLMSG_DONE's payload
+                    scheduler.done(self._errno(buf, start, end, 0))
+                elif mtype == rtnl.NLMSG_ERROR:
+                    scheduler.done(self._errno(buf, start, end, -1) or -1)
                 else:
-                    # a notification (its pid is the portid of whoever made the change)
-                    replace = bool(mflags & rtnl.NLM_F_REPLACE)
-                    self._apply(mtype, buf, start, end, True, False, replace)
+                    self._apply(mtype, buf, start, end, emit=current.emit, dump=True)
         except DecodeError as exc:
             self.stats.malformed += 1
             log.warning("malformed netlink datagram skipped", error=str(exc))
@@ -376,9 +449,10 @@ class NetnsWatcher:
         buf: bytes,
         start: int,
         end: int,
-        emit: bool,
-        resync: bool,
-        replace: bool,
+        *,
+        emit: bool = True,
+        dump: bool = False,
+        replace: bool = False,
     ) -> None:
         try:
             decoded = decode(mtype, buf, start, end)
@@ -390,7 +464,7 @@ class NetnsWatcher:
             return
         table, key, obj = decoded
         state = self.state
-        change = state.apply(table, key, obj, emit=emit, resync=resync, replace=replace)
+        change = state.apply(table, key, obj, emit=emit, resync=dump, replace=replace, dump=dump)
         if change is not None:
             self.publisher.publish(change)
         if state.derived:
@@ -513,5 +587,5 @@ class NetnsWatcher:
         if self._stopping or self._loop is None:
             return
         if self.scheduler is not None:
-            self.scheduler.check_stall(reading=not self._paused)
+            self.scheduler.check_stall(reading=not self._dump_paused)
         self._loop.call_later(DUMP_STALL_SECONDS, self._check_stall)

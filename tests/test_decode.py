@@ -989,7 +989,7 @@ def test_a_short_nlmsg_error_in_a_dump_reply_is_malformed_not_a_crash() -> None:
     watcher, events = make_watcher()
     sock = NetlinkSocket()  # a real socket (no privilege needed): replies carry its portid
     try:
-        watcher.sock = sock
+        watcher.dump_sock = sock
         watcher.scheduler = DumpScheduler(
             _RecordingSocket(),
             ("link", "route"),
@@ -1003,7 +1003,7 @@ def test_a_short_nlmsg_error_in_a_dump_reply_is_malformed_not_a_crash() -> None:
         assert current is not None
         short = struct.pack("=IHHII", 18, rtnl.NLMSG_ERROR, 0, current.seq, sock.portid)
         buf = short + b"\0\0" + b"\0\0"  # two bytes of payload, padded to four
-        watcher.feed(buf, len(buf))
+        watcher.feed_dump(buf, len(buf))
         assert watcher.stats.malformed == 1
         assert watcher.scheduler.current is None  # the dump ended, as a failure
         assert events == []

@@ -66,6 +66,11 @@ class Recorder:
         self.log.append(("sweep" if sweep else "abort", _scope(dump)))
         return (self.removed.pop(0) if self.removed else 0) if sweep else 0
 
+    def overflow(self) -> None:
+        """Notifications were lost, and the notification socket was then read empty."""
+        self.scheduler.overflow()
+        self.scheduler.notifications_drained()
+
     def fire_timers(self) -> None:
         timers, self.timers = self.timers, []
         for _delay, fn, args in timers:
@@ -209,11 +214,11 @@ def test_a_request_the_socket_refuses_resets_then_gives_up() -> None:
 
 def test_overflow_during_a_resync_means_one_more_round() -> None:
     r = Recorder().ready()
-    r.scheduler.overflow()
+    r.overflow()
     assert r.scheduler.in_overflow_round
     r.scheduler.done(0)  # link
-    r.scheduler.overflow()  # lost notifications again, mid-round
-    r.scheduler.overflow()  # and again: still one more round, not two
+    r.overflow()  # lost notifications again, mid-round
+    r.overflow()  # and again: still one more round, not two
     r.finish_all()
     idles = [entry for entry in r.log if entry[0] == "idle"]
     assert idles == [("idle", True), ("idle", True)]
@@ -225,7 +230,7 @@ def test_overflow_round_replaces_queued_targeted_dumps() -> None:
     r = Recorder().ready()
     r.scheduler.reread("route", 2, 7)  # running
     r.scheduler.reread("neigh", 2, 7)  # queued
-    r.scheduler.overflow()
+    r.overflow()
     r.finish_all()
     assert ("neigh", 2, 7) not in r.sock.requests  # the full round covered it
     assert r.sock.requests[-len(TABLES) :] == [(t, 0, None) for t in TABLES]
@@ -233,7 +238,7 @@ def test_overflow_round_replaces_queued_targeted_dumps() -> None:
 
 def test_targeted_dump_requested_while_a_full_one_runs_is_queued() -> None:
     r = Recorder().ready()
-    r.scheduler.overflow()  # a full round: link dump running
+    r.overflow()  # a full round: link dump running
     r.scheduler.done(0)  # link done; addr running
     r.scheduler.done(0)  # route running now
     assert r.scheduler.current is not None
@@ -345,3 +350,30 @@ def test_a_fresh_trigger_restarts_settling_on_a_queued_dump() -> None:
     r.scheduler.reread("route", 2, 7, settle=True)  # covered, but now settling
     r.finish_all()
     assert len(r.timers) == 1
+
+
+def test_an_overflow_round_waits_until_the_queued_notifications_are_read() -> None:
+    """What was queued before the loss is older than the loss: it must not count as newer
+    than the round's dumps, so the round begins only after it has been read."""
+    r = Recorder().ready()
+    r.scheduler.overflow()
+    assert r.scheduler.current is None
+    r.scheduler.reread("route", 2, 7)  # nothing starts while the round waits
+    assert r.scheduler.current is None
+    r.scheduler.notifications_drained()
+    assert r.scheduler.current is not None
+    r.finish_all()
+    assert r.sock.requests[len(TABLES) :] == [(t, 0, None) for t in TABLES]
+    assert r.log[-1] == ("idle", True)
+
+
+def test_an_overflow_does_not_hold_up_a_running_dump() -> None:
+    r = Recorder().ready()
+    r.scheduler.reread("route", 2, 7)
+    r.scheduler.overflow()
+    r.scheduler.part(interrupted=False)
+    r.scheduler.done(0)
+    assert r.scheduler.current is None  # the round waits for the drain
+    r.scheduler.notifications_drained()
+    r.finish_all()
+    assert r.log[-1] == ("idle", True)
