@@ -242,6 +242,10 @@ class RouteTable:
         value = self._find(entry, prefix, key[6])
         return value is not None and value[_MARK] > mark
 
+    def destinations(self) -> list[str]:
+        """Every destination held (a snapshot, to walk while the table changes)."""
+        return list(self._by_dst)
+
     def unmarked(self, mark: int, family: int = 0, oif: int | None = None) -> list[str]:
         """The dst strings holding a route of the scope stored before ``mark``: what a dump
         that began with ``mark`` did not show. Only references are collected, no keys."""

@@ -185,6 +185,12 @@ class State:
         table, family, oif = scope.table, scope.family, scope.oif
         if table == "route":
             mark = self._route_mark
+            if oif is None:
+                # the whole table: even finding what to remove is a million look-ups, so
+                # that happens lazily too (from a list of the destinations: C speed)
+                dsts = self.routes.destinations()
+                self.pending.append(self._sweep_routes(dsts, mark, family, oif, emit))
+                return [], 0
             dsts = self.routes.unmarked(mark, family, oif)
             if dsts:
                 self.pending.append(self._sweep_routes(dsts, mark, family, oif, emit))

@@ -73,7 +73,9 @@ def test_a_blocking_sink_with_16_slots_loses_nothing_in_a_20k_route_burst(
     extra = (
         "buffer = { max_events = 16 }\n\n"  # when_full defaults to block for a file sink
         '[sinks.console]\ntype = "console"\njson = true\n'
-        "buffer = { max_events = 16 }\n"  # drop_newest by default for the console
+        # drop_newest by default for the console; smaller than the file's, so that the 8+
+        # events the reader publishes between the file's pauses overflow it for sure
+        "buffer = { max_events = 4 }\n"
     )
     daemon: Daemon = daemon_factory(config=_config(tmp_path / "events.jsonl", extra))
     initial = _kernel_routes(ns)  # what the daemon's silent initial dump found
