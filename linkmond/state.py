@@ -107,7 +107,7 @@ class State:
         #: removals still to be made and reported, oldest first: a sweep's, or a removed
         #: link's routes; lazy, so that a million of them wait for the sinks, not in memory.
         #: The reader works them off (under backpressure) before it reads anything newer.
-        self.pending: deque[Iterator[Change]] = deque()
+        self.pending: deque[Iterator[Change | None]] = deque()
         #: changes made alongside the last one applied (a removed link's neighbours), to be
         #: reported right after it
         self.derived: list[Change] = []
@@ -141,7 +141,7 @@ class State:
         """Make every pending removal now and return the changes (replay, tests)."""
         changes: list[Change] = []
         while self.pending:
-            changes.extend(self.pending.popleft())
+            changes.extend(c for c in self.pending.popleft() if c is not None)
         return changes
 
     # -- resync bookkeeping ----------------------------------------------------------------
@@ -212,9 +212,15 @@ class State:
         oif: int | None,
         emit: bool,
         multipath: bool = True,
-    ) -> Iterator[Change]:
-        for dst in dsts:
-            for key in self.routes.stale_keys(dst, mark, family, oif):
+    ) -> Iterator[Change | None]:
+        """Remove the stale routes under ``dsts``; yields each change, and None every few
+        hundred destinations so that whoever drives it can stop on time even when there is
+        nothing to remove (a full-table sweep after a resync that found everything)."""
+        stale_keys = self.routes.stale_keys
+        for count, dst in enumerate(dsts):
+            if not count % 256:
+                yield None
+            for key in stale_keys(dst, mark, family, oif):
                 if not multipath and key[6] and isinstance(key[6][0], tuple):
                     continue
                 change = self.apply("route", key, None, emit=emit, resync=True)

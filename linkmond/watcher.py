@@ -497,7 +497,8 @@ class NetnsWatcher:
         deadline = clock() + READ_SLICE
         while state.pending:
             for change in state.pending[0]:
-                publish(change)
+                if change is not None:  # None: a pause for breath in a long walk
+                    publish(change)
                 if backpressure.blocked:
                     self._pause_work(backpressure.on_unblocked)
                     return
