@@ -7,6 +7,7 @@ linkmond itself, so a benchmark measures whatever daemon is in the tree.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -542,3 +543,19 @@ def fail(exc: Exception) -> int:
     """Report a run that could not be measured (the daemon died, never wrote an event, …)."""
     print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
     return 2
+
+
+def route_args(doc: str) -> argparse.Namespace:
+    """The options storm.py and flush.py share: N routes, repeats, patience, --json."""
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n", maxsplit=1)[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--routes", type=int, default=100_000, help="N (default 100000)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs, each in a new namespace")
+    parser.add_argument("--quiet", type=float, default=30.0, help="give up after S s of nothing")
+    parser.add_argument(
+        "--settle", type=float, default=3.0, help="wait S s more for late duplicates (default 3)"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    return parser.parse_args()

@@ -26,7 +26,6 @@ Needs root. Exits 1 if any route is missing or duplicated in the events file.
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from _common import (
     monitor_routes,
     print_runs,
     require_root,
+    route_args,
     route_set,
     stop_process,
     wait_monitor_ready,
@@ -139,17 +139,7 @@ def run_once(batch: Path, wanted: set[str], quiet: float, settle: float) -> dict
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--routes", type=int, default=100_000, help="N (default 100000)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs, each in a new namespace")
-    parser.add_argument("--quiet", type=float, default=30.0, help="give up after S s of nothing")
-    parser.add_argument(
-        "--settle", type=float, default=3.0, help="wait S s more for late duplicates (default 3)"
-    )
-    parser.add_argument("--json", action="store_true", help="one JSON object instead of a table")
-    args = parser.parse_args()
+    args = route_args(__doc__ or "")
     require_root()
     wanted = route_set(args.routes)
     runs = []
