@@ -32,6 +32,8 @@ DUMP_REQUESTS: Final = {
 
 #: Large enough for any datagram the kernel sends (dump batches are at most 32 KiB).
 READ_SIZE: Final = 1 << 20
+#: What a dump's answer is read with (see NetlinkSocket.recv_dump_into).
+DUMP_READ: Final = 8192
 
 #: the attribute that restricts a dump to one device: RTA_OIF for routes, NDA_IFINDEX for
 #: neighbours (``ip_valid_fib_dump_req`` / ``neigh_valid_dump_req`` in the kernel)
@@ -63,6 +65,7 @@ class NetlinkSocket:
             self.sock.close()
             raise
         self._seq = 0
+        self._peek = bytearray(16)
 
     def set_receive_buffer(self, size: int) -> None:
         """Ask for ``size`` bytes of receive buffer (:attr:`receive_buffer` says what was given)."""
@@ -117,6 +120,17 @@ class NetlinkSocket:
     def recv_into(self, buf: bytearray | memoryview) -> int:
         """Read one datagram; raises BlockingIOError when drained, OSError(ENOBUFS) on overflow."""
         return self.sock.recv_into(buf)
+
+    def recv_dump_into(self, buf: bytearray | memoryview) -> int:
+        """Read one datagram of a dump's answer, asking the kernel to keep the parts small.
+
+        The kernel sizes a dump's next part by the largest read this socket has made (up to
+        32 KiB: ~600 routes, ~6 ms of work that nothing else gets between). Reading with
+        :data:`DUMP_READ` bytes, after a peek at the true size so that a larger message (a
+        link with many VFs) is still read whole, keeps parts at ~150 routes.
+        """
+        size = self.sock.recv_into(self._peek, 0, socket.MSG_PEEK | socket.MSG_TRUNC)
+        return self.sock.recv_into(buf, max(size, DUMP_READ))
 
     def close(self) -> None:
         """Close the socket (idempotent)."""

@@ -61,7 +61,7 @@ log = structlog.get_logger("linkmond.watcher")
 
 #: Seconds of reading per readiness callback before yielding to the loop, so sink writers,
 #: timers and the watchdog run during a storm or a large dump.
-READ_SLICE: Final = 0.002
+READ_SLICE: Final = 0.001
 #: A dump's answer (and pending removals) are read only while every lossless sink holds fewer
 #: queued events than this: an event published meanwhile has at most this many ahead of it.
 DUMP_PACING: Final = 1024
@@ -357,7 +357,7 @@ class NetnsWatcher:
         deadline = clock() + READ_SLICE
         while True:
             try:
-                n = sock.recv_into(view)
+                n = sock.recv_dump_into(view)
             except BlockingIOError:
                 scheduler.drained()
                 return
