@@ -284,13 +284,19 @@ class RouteTable:
     # -- changes -----------------------------------------------------------------------------
 
     def put(
-        self, key: Key, route: Route, replace: bool, dump_mark: int | None = None
+        self,
+        key: Key,
+        route: Route,
+        replace: bool,
+        dump_mark: int | None = None,
+        superseded: list[Key] | None = None,
     ) -> Route | None:
         """Store ``route`` under ``key`` with the kernel's replace semantics.
 
         Returns what the route is to be compared with: the route that was under ``key``,
         else one it superseded (NLM_F_REPLACE, or a route that describes its whole slot).
-        A dump's entry is written with its ``dump_mark`` (see :meth:`begin_mark`).
+        A dump's entry is written with its ``dump_mark`` (see :meth:`begin_mark`); the keys
+        of routes this one took the place of are added to ``superseded``.
         """
         prefix = self._prefix(key, route)
         assert prefix is not None
@@ -328,9 +334,11 @@ class RouteTable:
         old = group.get((prefix, hops))
         if replace or replaces_slot(route):
             for other in [k for k in group if k[0] == prefix and k[1] != hops]:
-                superseded = group.pop(other)
+                gone = group.pop(other)
+                if superseded is not None:
+                    superseded.append(self._key(dst, gone))
                 if old is None:
-                    old = superseded
+                    old = gone
         group[(prefix, hops)] = value
         self._len += len(group) - len(before)
         self._by_dst[dst] = value if len(group) == 1 else group

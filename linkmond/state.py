@@ -227,6 +227,16 @@ class State:
                 if change is not None:
                     yield change
 
+    def _links_known(self, ifindexes: Iterable[int]) -> bool:
+        """Whether every one of these devices is a link the cache holds.
+
+        A dump entry through an unknown device is older than that device's removal (or than
+        its creation, whose notification is still to come and precedes the entry's own):
+        taking it would bring back what the removal took away.
+        """
+        links = self.tables["link"]
+        return all(index in links for index in ifindexes)
+
     def _remove(self, table: str, keys: Iterable[Hashable], emit: bool) -> list[Change]:
         changes = []
         for key in keys:
@@ -243,14 +253,17 @@ class State:
                 if obj is None:
                     self._deleted.add(key)
                 return False
-            return key in self._deleted or self.routes.notified_since(
-                key,  # type: ignore[arg-type]
-                self._route_mark,
+            return (
+                key in self._deleted
+                or self.routes.notified_since(key, self._route_mark)  # type: ignore[arg-type]
+                or (obj is not None and not self._links_known(devices_of(obj)))
             )
         if not dump:
             self._notified.add(key)
             return False
         if key in self._notified:
+            return True
+        if table == "neigh" and obj is not None and not self._links_known({obj["ifindex"]}):
             return True
         self._touched.add(key)
         return False
@@ -339,7 +352,16 @@ class State:
                         self.reread("route", key[0], oif, False)
                 return None
             return self._build_route("removed", old, {}, resync) if emit else None
-        old = routes.put(key, route, replace, dump_mark)
+        # a notification that takes the place of other routes deletes them: while a route
+        # dump runs, that must outlive what the dump read of them before
+        superseded: list[Any] | None = (
+            []
+            if dump_mark is None and self._scope is not None and self._scope.table == "route"
+            else None
+        )
+        old = routes.put(key, route, replace, dump_mark, superseded)
+        if superseded:
+            self._deleted.update(superseded)
         if old is None:
             return self._build_route("added", route, {}, resync) if emit else None
         if old == route or not emit:

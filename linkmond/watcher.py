@@ -112,6 +112,22 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
+    if _report_long_collections not in gc.callbacks:
+        gc.callbacks.append(_report_long_collections)
+
+
+_gc_started = 0.0
+
+
+def _report_long_collections(phase: str, info: dict[str, int]) -> None:
+    """Log a garbage collection that held the reader up (debug; a tool to find stalls)."""
+    global _gc_started  # noqa: PLW0603 - one timer for the one collector
+    if phase == "start":
+        _gc_started = time.monotonic()
+        return
+    took = time.monotonic() - _gc_started
+    if took > 0.02:
+        log.debug("long garbage collection", seconds=round(took, 3), **info)
 
 
 @dataclass

@@ -887,3 +887,48 @@ def test_event_json_is_exactly_pydantics_for_every_kind_of_payload(state: State)
         validated = Event.model_validate(json.loads(event.jsonl))
         assert event.jsonl == validated.model_dump_json().encode() + b"\n"
         assert event.json_line == event.model_dump_json()
+
+
+# -- a dump and the notifications read meanwhile (two sockets) --------------------------------
+
+
+def test_a_notification_read_during_a_dump_wins_over_the_dumps_entry() -> None:
+    state = State()
+    apply(state, link(BASE | UP | LOWER, "UP", index=3), emit=False)
+    apply(state, route("198.51.100.0", 24, oif=3), emit=False)
+    state.begin_resync(Scope("route"))
+    # the route changed (a notification), then the dump delivers what it read before that
+    changed = apply(state, route("198.51.100.0", 24, oif=3, gateway="192.0.2.9"), replace=True)
+    assert changed is not None
+    assert apply(state, route("198.51.100.0", 24, oif=3), dump=True, resync=True) is None
+    assert [r.gateway for r in state.routes.values()] == ["192.0.2.9"]
+    # deleted meanwhile: the dump's older entry does not bring it back
+    apply(state, route("198.51.100.0", 24, oif=3, gateway="192.0.2.9", deleted=True))
+    assert apply(state, route("198.51.100.0", 24, oif=3, gateway="192.0.2.9"), dump=True) is None
+    assert len(state.routes) == 0
+    assert sweep(state, emit=True) == []
+
+
+def test_a_dump_entry_through_a_link_removed_meanwhile_is_not_taken() -> None:
+    state = State()
+    apply(state, link(BASE | UP | LOWER, "UP", index=3), emit=False)
+    apply(state, route("198.51.100.0", 24, oif=3), emit=False)
+    state.begin_resync(Scope("route"))
+    apply(state, link(BASE, "DOWN", index=3, deleted=True))
+    removed = state.take_derived() + state.drain()
+    assert [c.type for c in removed] == ["route.removed"]
+    # the dump read the route before the link went away
+    assert apply(state, route("198.51.100.0", 24, oif=3), dump=True, resync=True) is None
+    assert len(state.routes) == 0
+
+
+def test_a_neighbour_notification_during_its_dump_wins_and_is_not_swept() -> None:
+    state = State()
+    apply(state, link(BASE | UP | LOWER, "UP", index=3), emit=False)
+    apply(state, neigh("192.0.2.2", 0x02), emit=False)
+    state.begin_resync(Scope("neigh"))
+    failed = apply(state, neigh("192.0.2.2", 0x20, lladdr=None))  # NUD_FAILED, notified
+    assert failed is not None
+    assert apply(state, neigh("192.0.2.2", 0x02), dump=True, resync=True) is None
+    assert sweep(state, emit=True) == []
+    assert [n["state"] for n in state.tables["neigh"].values()] == ["failed"]
