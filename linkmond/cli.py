@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 # The daemon and the sinks (aiohttp among them) are imported by the commands that use them:
 # `replay` and `status` start several times faster without them.
 
+#: sysexits.h: the input data was incorrect (``replay`` of a damaged recording)
+EX_DATAERR = 65
+
 #: ``monitor`` shows what changed, not the daemon's own start and stop
 MONITOR_DEFAULT_TYPES = ["*", "!daemon.started", "!daemon.stopping"]
 
@@ -69,7 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser("status", help="current links: admin, carrier, operstate, addresses")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
-    p = sub.add_parser("replay", help="decode a recorded netlink stream (rtmon / ip monitor file)")
+    p = sub.add_parser(
+        "replay",
+        help="decode a recorded netlink stream (rtmon / ip monitor file); exit 65 if damaged",
+    )
     p.add_argument("file", type=Path, help="file written by `rtmon file F` or `ip monitor file`")
     for command in sub.choices.values():
         command.add_argument("--version", action="version", version=f"linkmond {__version__}")
@@ -220,6 +226,11 @@ def _replay(path: Path) -> int:
     except BrokenPipeError:  # `linkmond replay F | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    if source.malformed:
-        print(f"linkmond: {source.malformed} malformed message(s) skipped", file=sys.stderr)
+    if source.malformed or source.skipped_bytes:
+        print(
+            f"linkmond: {path}: skipped {source.malformed} malformed message(s) and "
+            f"{source.skipped_bytes} undecodable byte(s); decoded {source.messages}",
+            file=sys.stderr,
+        )
+        return EX_DATAERR
     return 0

@@ -129,14 +129,14 @@ def test_replay_of_a_missing_file_is_a_one_line_error(tmp_path: Path) -> None:
     assert "No such file" in result.stderr
 
 
-def test_replay_of_garbage_counts_it_as_malformed_and_exits_0(tmp_path: Path) -> None:
+def test_replay_of_garbage_says_so_and_exits_65(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.bin"
     garbage.write_bytes(random.Random(7).randbytes(4096))
     result = linkmond("replay", str(garbage))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 65, result.stderr  # EX_DATAERR
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
-    assert re.search(r"\b1 malformed message", result.stderr), result.stderr
+    assert re.search(r"\b4096 undecodable byte", result.stderr), result.stderr
 
 
 def test_replay_of_an_empty_file_prints_nothing(tmp_path: Path) -> None:
@@ -433,11 +433,12 @@ def test_replay_of_a_truncated_recording_keeps_what_came_before(
     truncated = tmp_path / "truncated.bin"
     truncated.write_bytes(data[:keep])
     result = linkmond("replay", str(truncated))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 65, result.stderr
     assert "Traceback" not in result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert ("link.carrier_lost", "lm0") in [(e["type"], e["subject"]) for e in events]
-    assert re.search(r"\b1 malformed message", result.stderr), result.stderr
+    # the cut message is what could not be decoded, no more
+    assert re.search(rf"\b{len(data[:keep]) - last_off} undecodable byte", result.stderr)
 
 
 @pytest.mark.netns
@@ -449,12 +450,12 @@ def test_replay_of_a_recording_followed_by_garbage_keeps_the_events(
     spoiled = tmp_path / "spoiled.bin"
     spoiled.write_bytes(recording.read_bytes() + random.Random(3).randbytes(1000))
     result = linkmond("replay", str(spoiled))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 65, result.stderr
     assert "Traceback" not in result.stderr
     kinds = [(e["type"], e["subject"]) for e in map(json.loads, result.stdout.splitlines())]
     assert ("link.carrier_lost", "lm0") in kinds
     assert ("addr.added", "lm0") in kinds
-    assert "malformed" in result.stderr
+    assert "undecodable" in result.stderr
 
 
 # -- the daemon's lifecycle: SIGTERM drain, SIGHUP reopen, a failing sink -----------------------

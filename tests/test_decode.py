@@ -919,7 +919,7 @@ def make_watcher() -> tuple[NetnsWatcher, list[Event]]:
 def test_feed_counts_garbage_as_malformed_and_does_not_raise(garbage: bytes) -> None:
     source, events = make_replay()
     source.feed(garbage)
-    assert source.malformed == 1
+    assert source.skipped_bytes == len(garbage)  # nothing in it frames as a message
     assert events == []
     watcher, events = make_watcher()
     watcher.feed(garbage, len(garbage))
@@ -1009,3 +1009,49 @@ def test_a_short_nlmsg_error_in_a_dump_reply_is_malformed_not_a_crash() -> None:
         assert events == []
     finally:
         sock.close()
+
+
+# -- replay resynchronises after bad input --------------------------------------------------
+
+
+def _recording(n: int) -> bytes:
+    """``n`` link messages (lm1, lm2, ...) as a recorder writes them, each one an event."""
+    return b"".join(link_msg(UP_FLAGS, "UP", ifname=f"lm{i}", index=i + 10) for i in range(n))
+
+
+def test_replay_after_a_length_that_overruns_finds_the_next_message() -> None:
+    data = bytearray(_recording(50))
+    first_ten = len(_recording(10))
+    size = len(link_msg(UP_FLAGS, "UP", ifname="lm10", index=20))
+    struct.pack_into("=I", data, first_ten, 0xFFFFFF)  # the 11th message's length: nonsense
+    source, events = make_replay()
+    source.feed(bytes(data))
+    subjects = [e.subject for e in events]
+    assert len(subjects) == 49
+    assert "lm10" not in subjects
+    assert subjects[-1] == "lm49"  # everything after the damage is still there
+    assert source.skipped_bytes == size
+
+
+def test_replay_with_a_stray_leading_byte_loses_only_that_byte() -> None:
+    source, events = make_replay()
+    source.feed(b"\x07" + _recording(20))
+    assert len(events) == 20
+    assert source.skipped_bytes == 1
+    assert source.malformed == 0
+
+
+def test_replay_skips_a_short_timestamp_record_and_goes_on() -> None:
+    short = struct.pack("=IHHII", 18, rtnl.NLMSG_TSTAMP, 0, 0, 0) + b"\0\0\0\0"
+    data = _recording(5)
+    source, events = make_replay()
+    source.feed(data[: len(data) // 5 * 2] + short + data[len(data) // 5 * 2 :])
+    assert len(events) == 5
+    assert source.malformed == 1
+    assert source.skipped_bytes == 0
+
+
+def test_replay_of_a_clean_recording_skips_nothing() -> None:
+    source, events = make_replay()
+    source.feed(_recording(10))
+    assert (len(events), source.malformed, source.skipped_bytes) == (10, 0, 0)
