@@ -545,17 +545,48 @@ def fail(exc: Exception) -> int:
     return 2
 
 
-def route_args(doc: str) -> argparse.Namespace:
-    """The options storm.py and flush.py share: N routes, repeats, patience, --json."""
+def bench_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's options: its docstring's first paragraph as help, and ``--json``."""
     parser = argparse.ArgumentParser(
-        description=doc.split("\n\n", maxsplit=1)[0],
+        description=(doc or "").split("\n\n", maxsplit=1)[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    return parser
+
+
+def route_args(doc: str) -> argparse.Namespace:
+    """The options storm.py and flush.py share: N routes, repeats, patience, --json."""
+    parser = bench_parser(doc)
     parser.add_argument("--routes", type=int, default=100_000, help="N (default 100000)")
     parser.add_argument("--repeat", type=int, default=1, help="runs, each in a new namespace")
     parser.add_argument("--quiet", type=float, default=30.0, help="give up after S s of nothing")
     parser.add_argument(
         "--settle", type=float, default=3.0, help="wait S s more for late duplicates (default 3)"
     )
-    parser.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     return parser.parse_args()
+
+
+def collect(
+    ns: NetNS,
+    daemon: Daemon,
+    tail: Tail,
+    acc: Account,
+    quiet: float,
+    settle: float,
+    notes: list[str],
+) -> Arrival:
+    """Wait until every route ``acc`` wants is in the file (or nothing new came for ``quiet``
+    s), then past a barrier and ``settle`` s more, so late duplicates count too."""
+    token = f'"{acc.etype}"'.encode()
+    arrival = await_lines(
+        tail, token, len(acc.wanted), daemon, quiet, verify=lambda: acc.update().missing == 0
+    )
+    if not arrival.complete:
+        notes.append(f"gave up: nothing new in the file for {quiet:g} s")
+    try:  # whatever the kernel said before this is in the file: late duplicates too
+        barrier(ns, daemon, tail, 2)
+    except RuntimeError as exc:
+        notes.append(str(exc))
+    time.sleep(settle)  # late re-reads (resync passes) may still report, or repeat
+    return arrival

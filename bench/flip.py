@@ -22,7 +22,6 @@ Needs root. Exits 1 if any flip's event did not arrive (within ``--timeout``).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import fcntl
@@ -46,6 +45,7 @@ from _common import (
     NetNS,
     Tail,
     barrier,
+    bench_parser,
     emit,
     fail,
     load_routes,
@@ -239,14 +239,11 @@ def run_n(n: int, flips: int, gap: float, timeout: float) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--routes", default="0,100000", help="comma-separated N values")
     parser.add_argument("--flips", type=int, default=200, help="down+up cycles per N")
     parser.add_argument("--gap", type=float, default=0.05, help="seconds between transitions")
     parser.add_argument("--timeout", type=float, default=10.0, help="per event, seconds")
-    parser.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     args = parser.parse_args()
     require_root()
     try:

@@ -36,8 +36,8 @@ from _common import (
     Daemon,
     NetNS,
     Tail,
-    await_lines,
     barrier,
+    collect,
     emit,
     fail,
     iter_lines,
@@ -90,16 +90,7 @@ def run_once(n: int, quiet: float, settle: float) -> dict[str, Any]:
             t0 = time.time()
             ns.ip("link", "set", "b0", "down")
             down_s = time.time() - t0
-            arrival = await_lines(
-                tail, b'"route.removed"', n, daemon, quiet, verify=lambda: acc.update().missing == 0
-            )
-            if not arrival.complete:
-                notes.append(f"gave up: nothing new in the file for {quiet:g} s")
-            try:  # everything the kernel said before this is in the file: late duplicates too
-                barrier(ns, daemon, tail, 2)
-            except RuntimeError as exc:
-                notes.append(str(exc))
-            time.sleep(settle)  # late re-reads (resync passes) may still report, or repeat
+            arrival = collect(ns, daemon, tail, acc, quiet, settle, notes)
             cpu = daemon.cpu_seconds() - cpu0
             rss = daemon.peak_rss_mib()
         finally:

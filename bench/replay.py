@@ -23,7 +23,6 @@ either command fails.
 
 from __future__ import annotations
 
-import argparse
 import resource
 import struct
 import subprocess
@@ -39,6 +38,7 @@ from _common import (
     PYTHON,
     Account,
     NetNS,
+    bench_parser,
     emit,
     fail,
     median,
@@ -168,12 +168,9 @@ def run(n: int, repeat: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--routes", type=int, default=100_000, help="N (default 100000)")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs of each command")
-    parser.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     args = parser.parse_args()
     require_root()
     try:

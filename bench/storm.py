@@ -40,8 +40,8 @@ from _common import (
     Daemon,
     NetNS,
     Tail,
-    await_lines,
     barrier,
+    collect,
     count_lines,
     emit,
     fail,
@@ -98,16 +98,7 @@ def run_once(batch: Path, wanted: set[str], quiet: float, settle: float) -> dict
             cpu0 = daemon.cpu_seconds()
             kernel_s = ns.batch(batch)
             t_end = time.time()
-            arrival = await_lines(
-                tail, b'"route.added"', n, daemon, quiet, verify=lambda: acc.update().missing == 0
-            )
-            if not arrival.complete:
-                notes.append(f"gave up: nothing new in the file for {quiet:g} s")
-            try:  # whatever the kernel said before this is in the file: late duplicates too
-                barrier(ns, daemon, tail, 2)
-            except RuntimeError as exc:
-                notes.append(str(exc))
-            time.sleep(settle)  # late re-reads (resync passes) may still report, or repeat
+            arrival = collect(ns, daemon, tail, acc, quiet, settle, notes)
             cpu = daemon.cpu_seconds() - cpu0
             rss = daemon.peak_rss_mib()
         finally:

@@ -106,7 +106,8 @@ class State:
         self._route_mark = 0
         #: removals still to be made and reported, oldest first: a sweep's, or a removed
         #: link's routes; lazy, so that a million of them wait for the sinks, not in memory.
-        #: The reader works them off (under backpressure) before it reads anything newer.
+        #: The reader works them off under backpressure, between reads (see end_resync for
+        #: why interleaving them with newer notifications is sound).
         self.pending: deque[Iterator[Change | None]] = deque()
         #: changes made alongside the last one applied (a removed link's neighbours), to be
         #: reported right after it
@@ -221,7 +222,7 @@ class State:
             if not count % 256:
                 yield None
             for key in stale_keys(dst, mark, family, oif):
-                if not multipath and key[6] and isinstance(key[6][0], tuple):
+                if not multipath and _is_multipath(key):
                     continue
                 change = self.apply("route", key, None, emit=emit, resync=True)
                 if change is not None:
@@ -445,9 +446,8 @@ class State:
         routes = self.routes
         others: set[tuple[int, int]] = set()
         for key in routes.keys_via(ifindex):
-            hops = key[6]
-            if hops and isinstance(hops[0], tuple):  # multipath: the other hops may live on
-                others.update((key[0], oif) for _gw, oif in hops if oif != ifindex)
+            if _is_multipath(key):  # the other hops may live on
+                others.update((key[0], oif) for _gw, oif in key[6] if oif != ifindex)
         mark = routes.begin_mark()
         dsts = routes.unmarked(mark, 0, ifindex)
         if dsts:
@@ -557,10 +557,15 @@ class State:
         return Change(f"{table}.{kind}", subject, data, ifname)
 
 
+def _is_multipath(key: Any) -> bool:
+    """Whether a route key's next-hop part is a tuple of ``(gateway, oif)`` pairs."""
+    hops = key[6]
+    return bool(hops) and isinstance(hops[0], tuple)
+
+
 def _hops(key: Any) -> tuple[tuple[Any, int], ...]:
     """The next hops in a route key: ``(gateway, oif)`` or a tuple of those (multipath)."""
-    hops = key[6]
-    return hops if hops and isinstance(hops[0], tuple) else (hops,)
+    return key[6] if _is_multipath(key) else (key[6],)
 
 
 def _hop_dicts(hops: tuple[Hop, ...] | None) -> list[dict[str, Any]] | None:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -101,6 +101,35 @@ class _NoBackpressure:
         callback()
 
 
+class _Hold:
+    """One of the reader's activities that a full sink can hold up: reading notifications,
+    reading a dump's answer, making pending removals.
+
+    :meth:`pause` stops it (``stop``) and gives ``arrange`` the callback that starts it again
+    (``start``) once the fan-out has room.
+    """
+
+    __slots__ = ("paused", "start", "stop")
+
+    def __init__(self, stop: Callable[[], None], start: Callable[[], None]) -> None:
+        self.paused = False
+        self.stop = stop
+        self.start = start
+
+    def pause(self, arrange: Callable[[Callable[[], None]], None]) -> None:
+        """Stop until ``arrange``'s callback is called."""
+        if self.paused:
+            return
+        self.paused = True
+        self.stop()
+        arrange(self._resume)
+
+    def _resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.start()
+
+
 def tune_gc() -> None:
     """Keep the cyclic garbage collector off the hot path.
 
@@ -112,22 +141,6 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
-    if _report_long_collections not in gc.callbacks:
-        gc.callbacks.append(_report_long_collections)
-
-
-_gc_started = 0.0
-
-
-def _report_long_collections(phase: str, info: dict[str, int]) -> None:
-    """Log a garbage collection that held the reader up (debug; a tool to find stalls)."""
-    global _gc_started  # noqa: PLW0603 - one timer for the one collector
-    if phase == "start":
-        _gc_started = time.monotonic()
-        return
-    took = time.monotonic() - _gc_started
-    if took > 0.02:
-        log.debug("long garbage collection", seconds=round(took, 3), **info)
 
 
 @dataclass
@@ -180,10 +193,10 @@ class NetnsWatcher:
         self._view = memoryview(self._buf)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: asyncio.Future[None] | None = None
-        self._paused = False
-        self._dump_paused = False
+        self._reading = _Hold(self._stop_reading, self._start_reading)
+        self._dumping = _Hold(self._stop_dump_reading, self._start_dump_reading)
+        self._working = _Hold(lambda: None, self._schedule_work)
         self._work_scheduled = False
-        self._work_paused = False
         self._stopping = False
         self._resync_mark = 0  # publisher.resync_events when the overflow round began
         self._overflow_warned = False
@@ -236,7 +249,7 @@ class NetnsWatcher:
         sock = NetlinkSocket(groups, self.receive_buffer)
         self.sock = sock
         assert self._loop is not None
-        if not self._paused:
+        if not self._reading.paused:
             self._loop.add_reader(sock.fileno(), self._on_readable)
         return sock
 
@@ -244,7 +257,7 @@ class NetnsWatcher:
         sock = NetlinkSocket()
         self.dump_sock = sock
         assert self._loop is not None
-        if not self._dump_paused:
+        if not self._dumping.paused:
             self._loop.add_reader(sock.fileno(), self._on_dump_readable)
         return sock
 
@@ -284,7 +297,7 @@ class NetnsWatcher:
         if self.sock is not None:
             if self._loop is not None:
                 self._loop.remove_reader(self.sock.fileno())
-            self._paused = False
+            self._reading.paused = False
             self._read(until_empty=True)  # nothing the kernel queued is lost
             self.sock.close()
             self.sock = None
@@ -312,10 +325,9 @@ class NetnsWatcher:
         """Read notifications until the socket is empty, the slice is over or a lossless
         sink is full."""
         sock = self.sock
-        if sock is None or self._paused:
+        if sock is None or self._reading.paused:
             return
         view = self._view
-        backpressure = self.backpressure
         clock = time.monotonic
         deadline = clock() + READ_SLICE
         budget = STOP_READ_BUDGET
@@ -339,25 +351,28 @@ class NetnsWatcher:
                 if budget:
                     continue
                 return
-            if backpressure.blocked:
-                self._pause(backpressure.on_unblocked)
+            if self._held_up(self._reading, pace=False):
                 return
             if clock() > deadline:
                 return  # still readable: the loop calls back after the others had a turn
 
-    def _pause(self, arrange: Any) -> None:
-        """Stop reading notifications until the fan-out says there is room again."""
-        sock = self.sock
-        if sock is None or self._loop is None:
-            return
-        self._paused = True
-        self._loop.remove_reader(sock.fileno())
-        arrange(self._resume)
+    def _held_up(self, hold: _Hold, *, pace: bool) -> bool:
+        """Pause ``hold`` while a lossless sink is full or, with ``pace``, while one holds
+        :data:`DUMP_PACING` events or more; True if it was paused."""
+        backpressure = self.backpressure
+        if backpressure.blocked:
+            hold.pause(backpressure.on_unblocked)
+            return True
+        if pace and backpressure.backlog() >= DUMP_PACING:
+            hold.pause(lambda resume: backpressure.on_backlog_below(DUMP_PACING, resume))
+            return True
+        return False
 
-    def _resume(self) -> None:
-        if not self._paused:
-            return
-        self._paused = False
+    def _stop_reading(self) -> None:
+        if self.sock is not None and self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+
+    def _start_reading(self) -> None:
         if self.sock is not None and self._loop is not None and not self._stopping:
             self._loop.add_reader(self.sock.fileno(), self._on_readable)
 
@@ -365,10 +380,9 @@ class NetnsWatcher:
         """Read the running dump's answer: in slices, paced by the sinks' backlog."""
         sock = self.dump_sock
         scheduler = self.scheduler
-        if sock is None or scheduler is None or self._dump_paused:
+        if sock is None or scheduler is None or self._dumping.paused:
             return
         view = self._view
-        backpressure = self.backpressure
         clock = time.monotonic
         deadline = clock() + READ_SLICE
         while True:
@@ -388,27 +402,14 @@ class NetnsWatcher:
             self.feed_dump(view, n)
             if self.dump_sock is not sock:
                 return  # replaced while processing (a reset); the new one has a reader
-            if backpressure.blocked:
-                self._pause_dump(backpressure.on_unblocked)
-                return
-            if backpressure.backlog() >= DUMP_PACING:
-                self._pause_dump(lambda cb: backpressure.on_backlog_below(DUMP_PACING, cb))
-                return
-            if clock() > deadline:
+            if self._held_up(self._dumping, pace=True) or clock() > deadline:
                 return
 
-    def _pause_dump(self, arrange: Any) -> None:
-        sock = self.dump_sock
-        if sock is None or self._loop is None:
-            return
-        self._dump_paused = True
-        self._loop.remove_reader(sock.fileno())
-        arrange(self._resume_dump)
+    def _stop_dump_reading(self) -> None:
+        if self.dump_sock is not None and self._loop is not None:
+            self._loop.remove_reader(self.dump_sock.fileno())
 
-    def _resume_dump(self) -> None:
-        if not self._dump_paused:
-            return
-        self._dump_paused = False
+    def _start_dump_reading(self) -> None:
         if self.dump_sock is not None and self._loop is not None and not self._stopping:
             self._loop.add_reader(self.dump_sock.fileno(), self._on_dump_readable)
 
@@ -492,7 +493,7 @@ class NetnsWatcher:
     # -- pending removals --------------------------------------------------------------------
 
     def _schedule_work(self) -> None:
-        if not self._work_scheduled and not self._work_paused and self._loop is not None:
+        if not self._work_scheduled and not self._working.paused and self._loop is not None:
             self._work_scheduled = True
             self._loop.call_soon(self._work)
 
@@ -504,35 +505,22 @@ class NetnsWatcher:
         (the socket is read all along) has few events ahead of it.
         """
         self._work_scheduled = False
-        if self._work_paused:
+        if self._working.paused:
             return
         state = self.state
         publish = self.publisher.publish
-        backpressure = self.backpressure
         clock = time.monotonic
         deadline = clock() + READ_SLICE
         while state.pending:
             for change in state.pending[0]:
                 if change is not None:  # None: a pause for breath in a long walk
                     publish(change)
-                if backpressure.blocked:
-                    self._pause_work(backpressure.on_unblocked)
-                    return
-                if backpressure.backlog() >= DUMP_PACING:
-                    self._pause_work(lambda cb: backpressure.on_backlog_below(DUMP_PACING, cb))
+                if self._held_up(self._working, pace=True):
                     return
                 if clock() > deadline:
                     self._schedule_work()
                     return
             state.pending.popleft()
-
-    def _pause_work(self, arrange: Any) -> None:
-        self._work_paused = True
-        arrange(self._resume_work)
-
-    def _resume_work(self) -> None:
-        self._work_paused = False
-        self._schedule_work()
 
     def finish_pending(self) -> None:
         """Make every pending removal now, whatever the sinks' state (shutdown)."""
@@ -604,5 +592,5 @@ class NetnsWatcher:
         if self._stopping or self._loop is None:
             return
         if self.scheduler is not None:
-            self.scheduler.check_stall(reading=not self._dump_paused)
+            self.scheduler.check_stall(reading=not self._dumping.paused)
         self._loop.call_later(DUMP_STALL_SECONDS, self._check_stall)
