@@ -358,6 +358,8 @@ class Fanout:
         for worker in new:
             worker.fanout = self
         self._workers = new
+        #: a sink without type or interface filters wants every event: no need to ask each
+        self._takes_everything = any(w.types.matches_all and w.interfaces.matches_all for w in new)
         self._over = sum(w.over for w in new)
         self._high = sum(w.high for w in new)
         if not self._high:
@@ -414,6 +416,8 @@ class Fanout:
         The publisher asks before it builds an event, so an event no sink wants costs
         nothing. A sink with hold-down sees every link event (recoveries cancel held losses).
         """
+        if self._takes_everything:
+            return True
         for worker in self._workers:
             interfaces = worker.interfaces
             if ifname is not None and not interfaces.matches_all and not interfaces.match(ifname):
