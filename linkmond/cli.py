@@ -1,4 +1,4 @@
-"""The command line (DESIGN §6): run, check-config, monitor, status, replay."""
+"""The command line (docs/linkmond.md): run, check-config, monitor, status, replay."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from linkmond import __version__, rtnl
 from linkmond.config import (
+    DEFAULT_PATH,
     EX_CONFIG,
     BufferConfig,
     Config,
@@ -102,8 +103,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _load(path: Path | None) -> Config:
+    """The config ``run`` and ``check-config`` use; says so when the default file is missing."""
+    if path is None and not DEFAULT_PATH.exists():
+        print(
+            f"linkmond: no {DEFAULT_PATH}; using the built-in default: console only",
+            file=sys.stderr,
+        )
+    return load_config(path)
+
+
 def _run(path: Path | None) -> int:
-    config = load_config(path)
+    config = _load(path)
     configure_logs(config.log.level, config.log.format)
     from linkmond.daemon import Daemon
 
@@ -113,7 +124,7 @@ def _run(path: Path | None) -> int:
 def _check_config(path: Path | None) -> int:
     from linkmond.sinks import build_sink
 
-    config = load_config(path)
+    config = _load(path)
     for name, options in config.sinks.items():
         # what only shows when a sink is built (an unreadable secret or CA file), as `run` would
         build_sink(name, options, config.state_directory())

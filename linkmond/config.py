@@ -1,6 +1,10 @@
-"""The TOML configuration, validated by pydantic (DESIGN §5).
+"""The TOML configuration, validated by pydantic (the reference is docs/configuration.md).
 
-Every table forbids unknown keys: a typo is an error, never silently ignored. Sinks are named
+Every table forbids unknown keys and every value is strictly typed: a typo or a wrong type is
+an error, never silently ignored or coerced (``json = "yes"`` is refused, not taken as true).
+Durations and sizes accept their human strings (``"2s"``, ``"16MiB"``) and a bare number of
+seconds or bytes. What only the filesystem can tell (a file sink path the daemon's user cannot
+create) is checked by :func:`load_config` before anything starts. Sinks are named
 tables with a ``type`` discriminator; the options every sink shares (``events``,
 ``interfaces``, ``hold_down``, ``buffer``) live in :class:`SinkBase`, so each sink's model
 only adds its own. A bad file raises :class:`ConfigError` naming the file, the key path and
@@ -9,7 +13,10 @@ the problem; the CLI turns that into one line on stderr and exit status 78 (EX_C
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
 import os
+import pwd
 import re
 import tomllib
 from pathlib import Path
@@ -28,6 +35,7 @@ from pydantic import (
 )
 
 from linkmond import rtnl
+from linkmond.events import EVENT_TYPES
 
 DEFAULT_PATH: Final = Path("/etc/linkmond/linkmond.toml")
 EX_CONFIG: Final = 78
@@ -75,13 +83,44 @@ def parse_duration(value: Any) -> float:
     raise ValueError(f"{value!r} is not a duration: use a number with ms, s, m or h")
 
 
+def _as_path(value: Any) -> Path:
+    if isinstance(value, Path):
+        return value
+    if isinstance(value, str) and value.strip():
+        return Path(value)
+    raise ValueError(f"expected a path (a non-empty string), got {value!r}")
+
+
+def _event_globs(patterns: list[str]) -> list[str]:
+    for pattern in patterns:
+        glob = pattern.removeprefix("!")
+        if fnmatch.filter(EVENT_TYPES, glob):
+            continue
+        problem = f"{pattern!r} matches no event type"
+        close = difflib.get_close_matches(glob, EVENT_TYPES, n=1)
+        group = [t for t in EVENT_TYPES if t.startswith(glob.partition(".")[0] + ".")]
+        if close:
+            problem += f"; did you mean {close[0]!r}?"
+        elif group:
+            problem += f"; the {glob.partition('.')[0]} types are " + ", ".join(group)
+        else:
+            groups = sorted({t.partition(".")[0] for t in EVENT_TYPES})
+            problem += "; types begin with " + ", ".join(f"{g}." for g in groups)
+        raise ValueError(problem)
+    return patterns
+
+
 Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+#: a filesystem path, given as a string (relative paths are relative to the working directory)
+FilePath = Annotated[Path, BeforeValidator(_as_path)]
+#: globs on the event type, each of which (after an optional ``!``) must match a type
+EventGlobs = Annotated[list[str], AfterValidator(_event_globs)]
 GroupName = Literal["link", "addr", "route", "neigh", "rule", "netconf"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class MonitorConfig(_Strict):
@@ -105,7 +144,7 @@ class DaemonConfig(_Strict):
     """``[daemon]``: process-wide settings."""
 
     #: where durable state lives; ``$STATE_DIRECTORY`` (set by systemd) wins
-    state_directory: Path = Path("/var/lib/linkmond")
+    state_directory: FilePath = Path("/var/lib/linkmond")
     #: how long shutdown waits for sink queues to drain
     drain_timeout: Duration = 5.0
 
@@ -129,7 +168,7 @@ class BufferConfig(_Strict):
     re-dump). ``drop_newest`` refuses new events for this sink only and counts them.
     """
 
-    max_events: Annotated[int, Field(ge=1, strict=True)] = 10_000
+    max_events: Annotated[int, Field(ge=1)] = 10_000
     #: required here; a sink's table fills in its type's default when the user leaves it out
     when_full: WhenFull
 
@@ -141,7 +180,7 @@ class SinkBase(_Strict):
     default_when_full: ClassVar[WhenFull] = "block"
 
     #: globs on the event type, e.g. ``["link.*", "!link.changed"]``
-    events: list[str] = Field(default_factory=lambda: ["*"])
+    events: EventGlobs = Field(default_factory=lambda: ["*"])
     #: globs on the interface name; events not bound to an interface always pass
     interfaces: list[str] = Field(default_factory=lambda: ["*"])
     #: flap damping: deliver carrier_lost/admin_down only if still lost after this (0: off)
@@ -173,7 +212,7 @@ class FileSinkConfig(SinkBase):
     """``type = "file"``: JSON lines appended to a file, reopened on SIGHUP (logrotate)."""
 
     type: Literal["file"]
-    path: Path
+    path: FilePath
     fsync: Literal["never", "interval", "always"] = "never"
     fsync_interval: Annotated[Duration, Field(gt=0)] = 1.0
 
@@ -183,9 +222,15 @@ class JournalSinkConfig(SinkBase):
 
     type: Literal["journal"]
     #: journald's native socket; tests point it at a private journald
-    socket: Path = Path("/run/systemd/journal/socket")
+    socket: FilePath = Path("/run/systemd/journal/socket")
     #: event-type glob → syslog priority (0-7), overriding the built-in 4/6 split
     priorities: dict[str, Annotated[int, Field(ge=0, le=7)]] = Field(default_factory=dict)
+
+    @field_validator("priorities")
+    @classmethod
+    def _known_types(cls, value: dict[str, int]) -> dict[str, int]:
+        _event_globs(list(value))
+        return value
 
 
 class HeaderFromEnv(_Strict):
@@ -197,7 +242,7 @@ class HeaderFromEnv(_Strict):
 class HeaderFromFile(_Strict):
     """A header value read from a file at start-up (trailing newline stripped)."""
 
-    file: Path
+    file: FilePath
 
 
 class WebhookSinkConfig(SinkBase):
@@ -207,7 +252,7 @@ class WebhookSinkConfig(SinkBase):
     url: Annotated[str, AfterValidator(_http_url)]
     #: the Standard Webhooks secret (``whsec_…``) comes from a file or the environment,
     #: never from the TOML itself
-    secret_file: Path | None = None
+    secret_file: FilePath | None = None
     secret_env: str | None = None
     headers: dict[str, str | HeaderFromEnv | HeaderFromFile] = Field(default_factory=dict)
     format: Literal["cloudevents", "text"] = "cloudevents"
@@ -216,7 +261,7 @@ class WebhookSinkConfig(SinkBase):
     max_retry_delay: Annotated[Duration, Field(gt=0)] = 300.0
     max_age: Annotated[Duration, Field(gt=0)] = 86400.0
     max_spool: int = Field(default=100_000, ge=1)
-    ca_file: Path | None = None
+    ca_file: FilePath | None = None
     tls_verify: bool = True
 
     @model_validator(mode="after")
@@ -290,7 +335,58 @@ def load_config(path: Path | None) -> Config:
         return default_config()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(file, [("", f"cannot read: {exc}")]) from None
-    return parse_config(text, file)
+    config = parse_config(text, file)
+    problems = usability_problems(config)
+    if problems:
+        raise ConfigError(file, problems)
+    return config
+
+
+def _user() -> str:
+    uid = os.geteuid()
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name}"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _cannot_append(path: Path) -> str | None:
+    """Why this process could not create ``path`` (and its missing parent directories, as the
+    sinks do) or append to it; None when it can."""
+    path = path.absolute()
+    if path.is_dir():
+        return f"{path} is a directory"
+    if path.exists():
+        if not os.access(path, os.W_OK, effective_ids=True):
+            return f"{path} is not writable by {_user()}"
+        return None
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot create {path}: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK, effective_ids=True):
+        return f"cannot create {path}: {parent} is not writable by {_user()}"
+    return None
+
+
+def usability_problems(config: Config) -> list[tuple[str, str]]:
+    """What the filesystem says against ``config``, for the user this process runs as: a file
+    sink path it cannot create or append to, a state directory (the webhook spool) it cannot
+    create or write. ``check-config`` and ``run`` refuse these before anything starts, rather
+    than a sink that retries forever behind a healthy-looking daemon."""
+    problems: list[tuple[str, str]] = []
+    for name, sink in config.sinks.items():
+        if isinstance(sink, FileSinkConfig) and (why := _cannot_append(sink.path)):
+            problems.append((f"sinks.{name}.path", why))
+    if any(isinstance(sink, WebhookSinkConfig) for sink in config.sinks.values()):
+        state = config.state_directory()
+        if why := _cannot_append(state / "webhook.sqlite"):
+            key = "daemon.state_directory"
+            if os.environ.get("STATE_DIRECTORY"):
+                key += " ($STATE_DIRECTORY)"
+            problems.append((key, f"{why} (the webhook spool lives there)"))
+    return problems
 
 
 def parse_config(text: str, path: Path | str = "<config>") -> Config:
@@ -336,4 +432,21 @@ def _describe(err: Any, raw: dict[str, Any]) -> tuple[str, str]:
         return key, "unknown key (not a setting of linkmond; a typo?)"
     message = str(err["msg"])
     message = message.removeprefix("Value error, ")
+    if kind.endswith("_type") and "input" in err:
+        message += f", not {_toml_kind(err['input'])}"
     return key, message
+
+
+def _toml_kind(value: Any) -> str:
+    """How TOML calls what the user wrote: ``the string 'yes'``, ``an array``."""
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__

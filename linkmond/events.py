@@ -38,6 +38,19 @@ class _computed_once(Generic[_T]):
         return value
 
 
+#: every event type linkmond emits: a public contract, and what ``events`` globs are checked against
+EVENT_TYPES: Final = (
+    "link.added", "link.removed", "link.admin_up", "link.admin_down",
+    "link.carrier_up", "link.carrier_lost", "link.changed",
+    "addr.added", "addr.removed", "addr.changed",
+    "route.added", "route.removed", "route.changed",
+    "neigh.added", "neigh.removed", "neigh.changed",
+    "rule.added", "rule.removed",
+    "netconf.changed",
+    "daemon.started", "daemon.overflow", "daemon.stopping",
+)  # fmt: skip
+
+
 class Event(BaseModel):
     """One semantic change, CloudEvents 1.0 compatible (DESIGN §4)."""
 

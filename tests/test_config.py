@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -418,3 +420,214 @@ def test_check_config_output_is_valid_input_again(tmp_path: Path) -> None:
     effective = json.loads(result.stdout)
     again = config_mod.Config.model_validate(effective)
     assert again.effective() == effective
+
+
+# -- strict types: nothing is coerced -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "wrote"),
+    [
+        ('[sinks.out]\ntype = "console"\njson = "yes"\n', "sinks.out.json", "the string 'yes'"),
+        ('[sinks.out]\ntype = "console"\njson = 1\n', "sinks.out.json", "the number 1"),
+        (
+            '[sinks.out]\ntype = "console"\nbuffer = { max_events = "10" }\n',
+            "sinks.out.buffer.max_events",
+            "the string '10'",
+        ),
+        (
+            '[sinks.out]\ntype = "console"\nbuffer = { max_events = 10.0 }\n',
+            "sinks.out.buffer.max_events",
+            "the number 10.0",
+        ),
+        (f'[monitor]\ngroups = "link"\n{CONSOLE}', "monitor.groups", "the string 'link'"),
+        (
+            '[sinks.w]\ntype = "webhook"\nurl = "http://127.0.0.1:9/"\nsecret_env = "S"\n'
+            'max_spool = "5"\n',
+            "sinks.w.max_spool",
+            "the string '5'",
+        ),
+        (
+            '[sinks.w]\ntype = "webhook"\nurl = "http://127.0.0.1:9/"\nsecret_env = "S"\n'
+            'tls_verify = "false"\n',
+            "sinks.w.tls_verify",
+            "the string 'false'",
+        ),
+        (
+            '[sinks.j]\ntype = "journal"\npriorities = { "link.*" = "3" }\n',
+            "sinks.j.priorities.link.*",
+            "the string '3'",
+        ),
+    ],
+)
+def test_a_wrong_type_is_refused_not_coerced(text: str, key: str, wrote: str) -> None:
+    found = problems(text)
+    assert list(found) == [key]
+    assert found[key].endswith(f", not {wrote}"), found[key]
+
+
+@pytest.mark.parametrize(
+    ("value", "key"),
+    [("5", "path"), ('""', "path"), ("true", "path"), ("[]", "path")],
+)
+def test_a_path_must_be_a_non_empty_string(value: str, key: str) -> None:
+    found = problems(f'[sinks.f]\ntype = "file"\n{key} = {value}\n')
+    assert list(found) == [f"sinks.f.{key}"]
+    assert "expected a path" in found[f"sinks.f.{key}"]
+
+
+def test_durations_and_sizes_keep_their_human_strings_and_bare_numbers() -> None:
+    config = parse_config(
+        '[monitor]\nreceive_buffer = 1048576\n[daemon]\ndrain_timeout = "750ms"\n'
+        '[sinks.out]\ntype = "console"\nhold_down = 2\n'
+    )
+    assert config.monitor.receive_buffer == 1024**2
+    assert config.daemon.drain_timeout == pytest.approx(0.75)
+    assert config.sinks["out"].hold_down == 2.0
+
+
+# -- event globs must match an event type -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("globs", "bad", "hint"),
+    [
+        ('["link.carier_lost"]', "'link.carier_lost'", "did you mean 'link.carrier_lost'?"),
+        ('["*", "!link.carier_lost"]', "'!link.carier_lost'", "did you mean"),
+        ('["lnk.*"]', "'lnk.*'", "types begin with addr., daemon., link."),
+        ('["link.*", "addr.x*"]', "'addr.x*'", "the addr types are addr.added"),
+    ],
+)
+def test_an_events_glob_matching_no_type_is_refused(globs: str, bad: str, hint: str) -> None:
+    found = problems(f'[sinks.out]\ntype = "console"\nevents = {globs}\n')
+    assert list(found) == ["sinks.out.events"]
+    assert found["sinks.out.events"].startswith(f"{bad} matches no event type")
+    assert hint in found["sinks.out.events"]
+
+
+def test_journal_priority_globs_must_match_an_event_type() -> None:
+    found = problems('[sinks.j]\ntype = "journal"\npriorities = { "link.carier_*" = 3 }\n')
+    assert list(found) == ["sinks.j.priorities"]
+    assert "matches no event type" in found["sinks.j.priorities"]
+
+
+@pytest.mark.parametrize(
+    "globs", ['["*"]', '["link.*", "!link.changed"]', '["daemon.*"]', '["route.?dded"]']
+)
+def test_events_globs_that_match_a_type_are_accepted(globs: str) -> None:
+    parse_config(f'[sinks.out]\ntype = "console"\nevents = {globs}\n')
+
+
+def test_every_event_type_the_docs_promise_is_known() -> None:
+    from linkmond.events import EVENT_TYPES
+
+    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 22
+    families = {t.partition(".")[0] for t in EVENT_TYPES}
+    assert families == {"link", "addr", "route", "neigh", "rule", "netconf", "daemon"}
+
+
+# -- paths the daemon's user cannot write -------------------------------------------------------
+
+
+def _file_sink_config(tmp_path: Path, sink_path: Path) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(f'[sinks.events]\ntype = "file"\npath = "{sink_path}"\n')
+    return path
+
+
+def test_a_file_sink_under_a_regular_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("")
+    path = _file_sink_config(tmp_path, tmp_path / "plain" / "sub" / "events.jsonl")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [
+        (
+            "sinks.events.path",
+            f"cannot create {tmp_path}/plain/sub/events.jsonl: {tmp_path}/plain is not a directory",
+        )
+    ]
+
+
+def test_a_file_sink_path_that_is_a_directory_is_refused(tmp_path: Path) -> None:
+    path = _file_sink_config(tmp_path, tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [("sinks.events.path", f"{tmp_path} is a directory")]
+
+
+def test_a_file_sink_path_whose_directories_do_not_exist_yet_is_fine(tmp_path: Path) -> None:
+    load_config(_file_sink_config(tmp_path, tmp_path / "a" / "b" / "events.jsonl"))
+
+
+def _as_nobody(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    # setpriv (util-linux) drops to nobody like a unit's User= would
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.root
+def test_check_config_and_run_refuse_a_path_the_daemon_user_cannot_write() -> None:
+    # pytest's tmp_path lives under a 0700 directory; nobody must be able to read the config
+    with tempfile.TemporaryDirectory(prefix="linkmond-test-") as tmp:
+        tmp_path = Path(tmp)
+        tmp_path.chmod(0o755)  # nobody may enter, but not write
+        _refused_as_nobody(tmp_path)
+
+
+def _refused_as_nobody(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o755)
+    existing = tmp_path / "existing.jsonl"
+    existing.write_text("")
+    existing.chmod(0o644)
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[sinks.new]\ntype = "file"\npath = "{locked}/events.jsonl"\n'
+        f'[sinks.old]\ntype = "file"\npath = "{existing}"\n'
+    )
+    config.chmod(0o644)
+    for command in ("check-config", "run"):
+        result = _as_nobody(
+            str(ROOT / ".venv/bin/python"), "-m", "linkmond", command, "-c", str(config),
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert result.returncode == EX_CONFIG, result.stderr
+        assert result.stderr.splitlines() == [
+            f"linkmond: configuration error: {config}: sinks.new.path: cannot create "
+            f"{locked}/events.jsonl: {locked} is not writable by user nobody",
+            f"{config}: sinks.old.path: {existing} is not writable by user nobody",
+        ]
+    # as root, whom the same paths do not stop, the config is fine
+    assert linkmond("check-config", "-c", str(config)).returncode == 0
+
+
+def test_a_webhook_needs_a_state_directory_it_can_create(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("")
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'[daemon]\nstate_directory = "{tmp_path}/plain/state"\n'
+        '[sinks.w]\ntype = "webhook"\nurl = "http://127.0.0.1:9/"\nsecret_env = "S"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    [(key, why)] = info.value.problems
+    assert key == "daemon.state_directory"
+    assert why.endswith("is not a directory (the webhook spool lives there)")
+
+
+def test_check_config_notes_a_missing_default_file_on_stderr(tmp_path: Path) -> None:
+    # the command's default path is /etc/linkmond/linkmond.toml; run it where that is absent
+    if config_mod.DEFAULT_PATH.exists():
+        pytest.skip(f"{config_mod.DEFAULT_PATH} exists on this machine")
+    result = linkmond("check-config")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        "linkmond: no /etc/linkmond/linkmond.toml; using the built-in default: console only\n"
+    )
+    assert list(json.loads(result.stdout)["sinks"]) == ["console"]
