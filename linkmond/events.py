@@ -196,6 +196,8 @@ def with_data(event: Event, **extra: Any) -> Event:
 
 
 def _value(value: Any) -> str:
+    if value is None:
+        return "unknown"
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, list):

@@ -94,6 +94,10 @@ class State:
         self.tables["route"] = self.routes
         #: last known name of every ifindex seen, kept a while after removal (late messages)
         self.names: dict[int, str] = {}
+        #: the operstate each link was last described with (an event, or the dump): what a
+        #: consumer believes, so that a change the diff would call noise still goes out when
+        #: that belief is wrong (see _link)
+        self._operstate_told: dict[int, str] = {}
         self.reread = reread
         self._removed: deque[Any] = deque()
         #: the scope of the dump in progress and the keys touched since it began (routes
@@ -306,14 +310,20 @@ class State:
             del cache[key]
             change = self._build(table, "removed", old, {}, resync) if emit else None
             if table == "link":
+                self._operstate_told.pop(key, None)  # type: ignore[call-overload]
                 self._forget_name_later(key)
                 self.derived.extend(self._link_gone(key, emit))  # type: ignore[arg-type]
             elif table == "addr":
                 self._addr_gone(old)
             return change
+        if table == "link":
+            if not obj["ifname"]:  # the kernel always names a link; crafted input may not
+                obj["ifname"] = old["ifname"] if old is not None else f"if{obj['ifindex']}"
+            self.names[obj["ifindex"]] = obj["ifname"]
+            if old is None:
+                self._operstate_told[obj["ifindex"]] = obj["operstate"]
         cache[key] = obj
         if table == "link":
-            self.names[obj["ifindex"]] = obj["ifname"]
             if old is not None and old["admin_up"] and not obj["admin_up"]:
                 self._reread_device(obj["ifindex"], ("route", "neigh"))
         if old is None:
@@ -480,7 +490,12 @@ class State:
         new_flags = [f for f in new["flags"] if f not in _STATE_FLAGS]
         if old_flags != new_flags:
             changes["flags"] = [old_flags, new_flags]
-        if not changes or not emit:
+        if not changes:
+            return None
+        told = self._operstate_told
+        ifindex = new["ifindex"]
+        if not emit:
+            told[ifindex] = new["operstate"]
             return None
         if "master" in changes:
             changes["master"] = [self.ifname(old["master"]), self.ifname(new["master"])]
@@ -492,9 +507,15 @@ class State:
             "operstate" in changes and not _NOTABLE_OPERSTATES.isdisjoint(changes["operstate"])
         ):
             kind = "changed"
+        elif told.get(ifindex, new["operstate"]) != new["operstate"]:
+            # an operstate the last event did not tell yet (a bridge's carrier and operstate
+            # arrive in separate messages): the last event must describe the link as it is
+            changes["operstate"] = [told[ifindex], new["operstate"]]
+            kind = "changed"
         else:
             # operstate moving between down-like states adds nothing to what was reported
             return None
+        told[ifindex] = new["operstate"]
         return self._build("link", kind, new, changes, resync)
 
     def _netconf(
@@ -511,7 +532,14 @@ class State:
             return None
         if old is None:
             cache[key] = values
-            return None  # a new device's defaults are not a change of anything
+            settings = [f for f in values if f not in ("family", "ifindex")]
+            if len(settings) != 1 or not emit:
+                return None  # a new device's defaults (the kernel sends them all at once)
+            # one setting is the kernel's notification of a change, here of an entry never
+            # dumped (a recording made by rtmon, which dumps only links): the old value is
+            # unknown, the change is not
+            changes = {settings[0]: [None, values[settings[0]]]}
+            return self._build("netconf", "changed", values, changes, resync)
         changes = {
             f: [old[f], v]
             for f, v in values.items()
@@ -540,7 +568,7 @@ class State:
             elif index == -2:
                 ifname, name = None, "default"
             else:
-                ifname = name = self.ifname(index) or str(index)
+                ifname = name = self.ifname(index) or f"if{index}"
             data = {"family": obj["family"], "ifindex": index, "ifname": name}
             data.update((k, v) for k, v in obj.items() if k not in data)
             subject = name
@@ -551,7 +579,7 @@ class State:
         else:  # addr, neigh
             ifname = self.ifname(obj["ifindex"])
             data = {"ifindex": obj["ifindex"], "ifname": ifname, **obj}
-            subject = obj["address"] if table == "neigh" else (ifname or str(obj["ifindex"]))
+            subject = obj["address"] if table == "neigh" else (ifname or f"if{obj['ifindex']}")
         data["changes"] = changes
         data["resync"] = resync
         return Change(f"{table}.{kind}", subject, data, ifname)

@@ -24,6 +24,7 @@ from typing import IO, Any
 import pytest
 
 from linkmond import __version__
+from linkmond.events import Event, describe
 from tests.helpers import Daemon, NetNS, default_config, linkmond, wait_for
 
 COMMANDS = ["run", "check-config", "monitor", "status", "replay"]
@@ -633,3 +634,46 @@ def test_a_sink_whose_disk_is_full_does_not_stop_the_others(
     assert sinks["full"]["failures"] >= 1
     assert sinks["file"]["dropped"] == 0
     assert "Traceback" not in daemon.stderr()
+
+
+@pytest.mark.netns
+def test_replay_reports_the_first_netconf_change_of_entries_rtmon_never_dumped(
+    ns: NetNS, tmp_path: Path
+) -> None:
+    """rtmon dumps only links: a forwarding switch of ``all``, ``default`` and ``lo`` comes
+    with no old value to compare with, and is reported with what is known, not swallowed."""
+    recording = tmp_path / "rtmon.bin"
+    rtmon = subprocess.Popen(
+        ["ip", "netns", "exec", ns.name, "rtmon", "file", str(recording)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: recording.exists() and recording.stat().st_size > 0, what="rtmon dump")
+        ns.run("sysctl", "-qw", "net.ipv4.conf.all.forwarding=1")
+
+        def netconf_subjects() -> set[str]:
+            result = linkmond("replay", str(recording))
+            return {
+                e["subject"]
+                for e in map(json.loads, result.stdout.splitlines())
+                if e["type"] == "netconf.changed"
+            }
+
+        wait_for(lambda: {"all", "default", "lo"} <= netconf_subjects(), what="netconf on disk")
+    finally:
+        rtmon.send_signal(signal.SIGTERM)
+        rtmon.wait(10)
+    result = linkmond("replay", str(recording))
+    assert result.returncode == 0, result.stderr
+    changed = {
+        e["subject"]: e
+        for e in map(json.loads, result.stdout.splitlines())
+        if e["type"] == "netconf.changed" and e["data"]["family"] == "inet"
+    }
+    for subject in ("all", "default", "lo"):
+        assert changed[subject]["data"]["changes"] == {"forwarding": [None, True]}, changed
+        assert changed[subject]["data"]["forwarding"] is True
+    # the human line says what is not known
+    line = describe(Event.model_validate(changed["all"]))
+    assert line == "netconf inet all: forwarding unknown → on"

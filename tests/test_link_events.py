@@ -518,3 +518,45 @@ def test_sink_interface_globs_include_and_exclude(
     assert link_events(everything, "lm2") != []
     # events bound to no interface always pass interface filters
     assert got[0]["type"] == "daemon.started"
+
+
+# -- the last event agrees with the kernel -----------------------------------------------------
+
+
+def _kernel_link_state(ns: NetNS, ifname: str) -> tuple[bool, bool, str]:
+    kernel = ip_link(ns, ifname)
+    return "UP" in kernel["flags"], "LOWER_UP" in kernel["flags"], kernel["operstate"].lower()
+
+
+def test_after_every_step_the_last_bridge_event_describes_it_as_the_kernel_does(
+    ns: NetNS, daemon_factory: Factory
+) -> None:
+    """A bridge's carrier and operstate move in separate messages (linkwatch): whatever the
+    kernel does in between, the last event of the bridge must say what ``ip link`` says once
+    the bridge has settled, or a consumer keeps a wrong picture for good."""
+    bridge = ns.ip("link", "add", "lmbr0", "type", "bridge", check=False)
+    if bridge.returncode != 0:
+        pytest.skip(f"the kernel offers no bridge here: {bridge.stderr.strip()}")
+    ns.veth("lm0", "lm0p")
+    daemon = daemon_factory()
+    steps: list[tuple[list[str], tuple[bool, bool, str]]] = [
+        (["link", "set", "lmbr0", "up"], (True, True, "unknown")),  # no port yet
+        (["link", "set", "lm0", "master", "lmbr0"], (True, True, "up")),
+        (["link", "set", "lm0p", "down"], (True, False, "down")),
+        (["link", "set", "lm0p", "up"], (True, True, "up")),
+        (["link", "set", "lm0", "nomaster"], (True, False, "down")),
+        (["link", "set", "lm0", "master", "lmbr0"], (True, True, "up")),
+        (["link", "set", "lmbr0", "down"], (False, False, "down")),
+        (["link", "set", "lmbr0", "up"], (True, True, "up")),
+        (["link", "del", "lm0"], (True, False, "down")),
+    ]
+    for command, expected in steps:
+        ns.ip(*command)
+        wait_for(
+            lambda expected=expected: _kernel_link_state(ns, "lmbr0") == expected,
+            what=f"lmbr0 {expected} after ip {' '.join(command)}",
+        )
+        daemon.barrier()
+        last = link_events(daemon.events(), "lmbr0")[-1]
+        told = (last["data"]["admin_up"], last["data"]["carrier"], last["data"]["operstate"])
+        assert told == expected, (command, last)

@@ -61,14 +61,14 @@ def link(
     operstate: str,
     *,
     index: int = 3,
-    ifname: str = "lm0",
+    ifname: str | None = "lm0",
     mtu: int = 1500,
     master: int | None = None,
     mac: str = "02:00:00:00:00:01",
     deleted: bool = False,
 ) -> Decoded:
     attrs: list[Any] = [
-        ("IFLA_IFNAME", ifname),
+        *([("IFLA_IFNAME", ifname)] if ifname is not None else []),
         ("IFLA_MTU", mtu),
         ("IFLA_ADDRESS", mac),
         ("IFLA_OPERSTATE", operstate),
@@ -261,11 +261,45 @@ def test_admin_up_with_carrier_at_once_is_one_admin_up_event() -> None:
     assert change.data["carrier"] is True
 
 
-def test_operstate_moves_between_down_like_states_are_not_events() -> None:
+def test_an_operstate_move_alone_is_link_changed_so_the_last_event_stays_true() -> None:
+    # a consumer keeps the operstate of the last event: every move must reach it
     state = State()
     apply(state, link(BASE | UP, "DOWN"), emit=False)
-    assert kinds(state, link(BASE | UP, "LOWERLAYERDOWN"), link(BASE | UP, "DOWN")) == []
-    assert state.tables["link"][3]["operstate"] == "down"  # the cache still follows
+    changes = [
+        apply(state, m) for m in (link(BASE | UP, "LOWERLAYERDOWN"), link(BASE | UP, "DOWN"))
+    ]
+    assert [c.data["changes"] if c else None for c in changes] == [
+        {"operstate": ["down", "lowerlayerdown"]},
+        {"operstate": ["lowerlayerdown", "down"]},
+    ]
+    assert [c.type if c else None for c in changes] == ["link.changed", "link.changed"]
+    assert kinds(state, link(BASE | UP, "DOWN")) == []  # a repeat is not a move
+
+
+def test_an_operstate_the_carrier_event_could_not_tell_follows_as_link_changed() -> None:
+    """A bridge loses its carrier while its operstate is still ``unknown``; the move to
+    ``down`` comes in a later message and must not be swallowed as noise."""
+    state = State()
+    apply(state, link(BASE | UP | LOWER, "UNKNOWN"), emit=False)
+    lost = apply(state, link(BASE | UP, "UNKNOWN"))
+    assert lost is not None and lost.type == "link.carrier_lost"
+    assert lost.data["operstate"] == "unknown"
+    settled = apply(state, link(BASE | UP, "DOWN"))
+    assert settled is not None and settled.type == "link.changed"
+    assert settled.data["changes"] == {"operstate": ["unknown", "down"]}
+
+
+def test_a_link_without_a_name_is_named_like_ip_monitor_does() -> None:
+    # the kernel always sends IFLA_IFNAME; crafted input may not, and CloudEvents forbids an
+    # empty subject: "if<index>" as ip monitor prints it, or the name it had
+    state = State()
+    nameless = apply(state, link(BASE | UP | LOWER, "UP", ifname=None))
+    assert nameless is not None
+    assert (nameless.subject, nameless.data["ifname"]) == ("if3", "if3")
+    apply(state, link(BASE | UP | LOWER, "UP"))
+    renamed_away = apply(state, link(BASE | UP, "DOWN", ifname=None))
+    assert renamed_away is not None
+    assert renamed_away.subject == renamed_away.data["ifname"] == "lm0"
 
 
 def test_dormant_is_link_changed(state: State) -> None:
@@ -877,7 +911,7 @@ def test_event_json_is_exactly_pydantics_for_every_kind_of_payload(state: State)
         apply(state, route("198.51.100.0", 24, gateway="192.0.2.9"), replace=True),
         apply(state, neigh("192.0.2.2", 0x02)),
         apply(state, rule(1000, 100)),
-        apply(state, netconf(-1, forwarding=0)),
+        apply(state, netconf(-1, forwarding=0, rp_filter=0)),
         apply(state, netconf(-1, forwarding=1)),
     ]
     factory = EventFactory("/linkmond/hôte", "lmns")
