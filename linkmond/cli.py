@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from linkmond import __version__, rtnl
 from linkmond.config import (
     DEFAULT_PATH,
@@ -27,7 +29,7 @@ from linkmond.config import (
 from linkmond.events import Event, EventFactory
 from linkmond.logs import configure as configure_logs
 from linkmond.publisher import Publisher
-from linkmond.source import current_netns_name
+from linkmond.source import current_netns_name, enter_netns
 
 if TYPE_CHECKING:
     from linkmond.state import State
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
 
 #: sysexits.h: the input data was incorrect (``replay`` of a damaged recording)
 EX_DATAERR = 65
+
+#: sysexits.h: the command was used incorrectly (``monitor --type`` matching no event type)
+EX_USAGE = 64
 
 #: ``monitor`` shows what changed, not the daemon's own start and stop
 MONITOR_DEFAULT_TYPES = ["*", "!daemon.started", "!daemon.stopping"]
@@ -64,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     config_arg(p)
     p = sub.add_parser("monitor", help="show live semantic events, like `ip monitor`")
     p.add_argument("--json", action="store_true", help="JSON lines instead of human lines")
+    p.add_argument(
+        "-n",
+        "--netns",
+        metavar="NAME",
+        help="watch the named network namespace (as `ip -n NAME monitor`; needs root)",
+    )
     p.add_argument("--type", action="append", metavar="GLOB", help="event types (repeatable)")
     p.add_argument(
         "--interface",
@@ -101,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_CONFIG
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `linkmond status | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _load(path: Path | None) -> Config:
@@ -134,14 +148,31 @@ def _check_config(path: Path | None) -> int:
 
 def _monitor(args: argparse.Namespace) -> int:
     configure_logs("warning", "auto")
-    console = ConsoleSinkConfig(
-        type="console",
-        json=args.json,
-        events=args.type or MONITOR_DEFAULT_TYPES,
-        interfaces=args.interface or ["*"],
-        # a terminal that cannot keep up loses lines, never holds the reader back
-        buffer=BufferConfig(max_events=100_000, when_full="drop_newest"),
-    )
+    try:
+        console = ConsoleSinkConfig(
+            type="console",
+            json=args.json,
+            # the daemon's start and stop are left out in both output modes; daemon.overflow
+            # (events were lost and re-read) is always shown
+            events=args.type or MONITOR_DEFAULT_TYPES,
+            interfaces=args.interface or ["*"],
+            # a terminal that cannot keep up loses lines, never holds the reader back
+            buffer=BufferConfig(max_events=100_000, when_full="drop_newest"),
+        )
+    except ValidationError as exc:
+        problem = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        print(f"linkmond monitor: --type: {problem}", file=sys.stderr)
+        return EX_USAGE
+    if args.netns is not None:
+        try:
+            enter_netns(args.netns)
+        except OSError as exc:
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            print(
+                f"linkmond monitor: cannot enter network namespace {args.netns!r}: {why}",
+                file=sys.stderr,
+            )
+            return 1
     config = Config(log=LogConfig(level="warning"), sinks={"console": console})
 
     from linkmond.daemon import Daemon
@@ -194,6 +225,7 @@ def _status(as_json: bool) -> int:
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
+    print(f"daemon: {_daemon_line(running_daemons())}")
     print(f"{'IFNAME':<16} {'ADMIN':<5} {'CARRIER':<7} {'OPERSTATE':<14} {'MTU':>6}  ", end="")
     print(f"{'MAC':<17}  ADDRESSES")
     for r in rows:
@@ -203,6 +235,63 @@ def _status(as_json: bool) -> int:
             f"{r['mac'] or '-':<17}  {' '.join(r['addresses'])}"
         )
     return 0
+
+
+def running_daemons(proc: Path = Path("/proc")) -> list[tuple[int, bool | None]]:
+    """Every ``linkmond run`` process this user can see: ``(pid, in our network namespace)``,
+    None where its namespace cannot be read (another user's process, unless root)."""
+    try:
+        mine: os.stat_result | None = os.stat(proc / "self/ns/net")
+    except OSError:
+        mine = None
+    found: list[tuple[int, bool | None]] = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if not _is_linkmond_run(argv):
+            continue
+        try:
+            theirs = os.stat(entry / "ns/net")
+            same = (
+                None
+                if mine is None
+                else (theirs.st_dev, theirs.st_ino)
+                == (
+                    mine.st_dev,
+                    mine.st_ino,
+                )
+            )
+        except OSError:
+            same = None
+        found.append((int(entry.name), same))
+    return sorted(found)
+
+
+def _is_linkmond_run(argv: list[bytes]) -> bool:
+    """``linkmond run …``, ``/opt/linkmond/bin/linkmond run …``, ``python -m linkmond run …``."""
+    for i, arg in enumerate(argv[:-1]):
+        before = argv[i - 1] if i else b""
+        program = os.path.basename(arg) == b"linkmond" and before != b"-c"
+        module = arg == b"linkmond" and before == b"-m"
+        if (program or module) and argv[i + 1] == b"run":
+            return True
+    return False
+
+
+def _daemon_line(daemons: list[tuple[int, bool | None]]) -> str:
+    here = [pid for pid, same in daemons if same is not False]
+    elsewhere = [pid for pid, same in daemons if same is False]
+    if here:
+        pids = ", ".join(map(str, here))
+        return f"linkmond is running (pid {pids})"
+    if elsewhere:
+        pids = ", ".join(map(str, elsewhere))
+        return f"not running in this network namespace (running in another: pid {pids})"
+    return "not running (these links are read from the kernel now)"
 
 
 def _replay(path: Path) -> int:

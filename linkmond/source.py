@@ -142,6 +142,21 @@ def is_overflow(exc: OSError) -> bool:
     return exc.errno == errno.ENOBUFS
 
 
+def enter_netns(name: str) -> None:
+    """Move this process into the network namespace ``ip netns`` knows as ``name`` (a path
+    when it contains a ``/``), as ``ip -n NAME`` does; never creates one.
+
+    Python 3.11 has no ``os.setns``: pyroute2's ``setns`` makes the system call. Sockets
+    opened afterwards belong to that namespace. Raises OSError (ENOENT: no such namespace;
+    EPERM: entering one needs CAP_SYS_ADMIN).
+    """
+    from pyroute2 import netns  # noqa: PLC0415 - only ``monitor --netns`` needs it
+
+    if "/" not in name and (not name or name in (".", "..")):
+        raise OSError(errno.EINVAL, "not a namespace name")
+    netns.setns(name, flags=0)
+
+
 def current_netns_name(run_netns: str = "/run/netns") -> str:
     """The name ``ip netns`` knows this process's network namespace by, else ``default``.
 

@@ -323,9 +323,8 @@ class State:
             if old is None:
                 self._operstate_told[obj["ifindex"]] = obj["operstate"]
         cache[key] = obj
-        if table == "link":
-            if old is not None and old["admin_up"] and not obj["admin_up"]:
-                self._reread_device(obj["ifindex"], ("route", "neigh"))
+        if table == "link" and old is not None and old["admin_up"] and not obj["admin_up"]:
+            self._reread_device(obj["ifindex"], ("route", "neigh"))
         if old is None:
             if not emit:
                 return None

@@ -204,7 +204,8 @@ def test_status_prints_a_table_with_one_row_per_link(ns: NetNS) -> None:
     _status_setup(ns)
     result = in_ns(ns, "status")
     assert result.returncode == 0, result.stderr
-    header, *lines = result.stdout.splitlines()
+    daemon, header, *lines = result.stdout.splitlines()
+    assert daemon == "daemon: not running (these links are read from the kernel now)"
     assert header.split() == ["IFNAME", "ADMIN", "CARRIER", "OPERSTATE", "MTU", "MAC", "ADDRESSES"]
     rows = {line.split()[0]: line.split() for line in lines}
     assert set(rows) == {"lo", "lm0", "lm0p", "lm1", "lm1p"}
@@ -222,10 +223,12 @@ class Running:
     """A linkmond subprocess inside the namespace whose stdout lines are read by a thread, so a
     test can wait for a line with a deadline."""
 
-    def __init__(self, ns: NetNS, stderr_path: Path, *args: str) -> None:
+    def __init__(self, ns: NetNS | None, stderr_path: Path, *args: str) -> None:
+        """``ns`` None: start it in the test's own namespace (``monitor --netns`` enters one)."""
         self.stderr_path = stderr_path
+        inside = ["ip", "netns", "exec", ns.name] if ns is not None else []
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns.name, sys.executable, "-m", "linkmond", *args],
+            [*inside, sys.executable, "-m", "linkmond", *args],
             stdout=subprocess.PIPE,
             stderr=stderr_path.open("wb"),
             text=True,
@@ -677,3 +680,103 @@ def test_replay_reports_the_first_netconf_change_of_entries_rtmon_never_dumped(
     # the human line says what is not known
     line = describe(Event.model_validate(changed["all"]))
     assert line == "netconf inet all: forwarding unknown → on"
+
+
+@pytest.mark.netns
+def test_status_says_whether_a_daemon_watches_this_namespace(
+    ns: NetNS, daemon_factory: Callable[..., Daemon]
+) -> None:
+    daemon = daemon_factory()
+    assert daemon.proc is not None
+    result = in_ns(ns, "status")
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert first == f"daemon: linkmond is running (pid {daemon.proc.pid})"
+    # seen from another namespace, the same daemon is not watching that one's links
+    other = NetNS()
+    try:
+        result = in_ns(other, "status")
+    finally:
+        other.delete()
+    assert (
+        f"not running in this network namespace (running in another: pid {daemon.proc.pid}"
+        in (result.stdout.splitlines()[0])
+    )
+
+
+@pytest.mark.netns
+def test_monitor_netns_enters_the_named_namespace(ns: NetNS, tmp_path: Path) -> None:
+    ns.veth("lm0", "lm0p")
+    settle(ns, lm0="UP")
+    # started in the test's own namespace, like `ip -n NAME monitor`
+    mon = Running(None, tmp_path / "monitor.stderr", "monitor", "--json", "--netns", ns.name)
+    try:
+        wait_monitor_ready(ns, mon, lambda line, p: _json_subject_is(line, p, "link.added"))
+        ns.ip("link", "set", "lm0p", "down")
+        line = mon.wait_line(lambda line: _json_subject_is(line, "lm0", "link.carrier_lost"))
+        assert line is not None, f"no carrier_lost for lm0; seen: {mon.seen}"
+    finally:
+        code = mon.stop()
+    assert code == 0, (tmp_path / "monitor.stderr").read_text()
+    events = [json.loads(line) for line in mon.seen]
+    assert {e["netns"] for e in events} == {ns.name}
+    # only the namespace's links: its probes, lm0/lm0p and their routes, never the host's
+    ours = {"lo", "lm0", "lm0p"} | {e["subject"] for e in events if e["type"] == "link.added"}
+    assert all(e["data"].get("ifname") in ours for e in events if "ifname" in e["data"]), events
+
+
+def test_monitor_netns_that_does_not_exist_is_one_line_and_exit_1() -> None:
+    result = linkmond("monitor", "--netns", f"lmtest-absent-{os.getpid()}")
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"linkmond monitor: cannot enter network namespace 'lmtest-absent-{os.getpid()}': "
+        "No such file or directory\n"
+    )
+
+
+def test_monitor_type_matching_no_event_type_is_a_usage_error() -> None:
+    result = linkmond("monitor", "--type", "link.carier_lost")
+    assert result.returncode == 64
+    assert result.stderr == (
+        "linkmond monitor: --type: 'link.carier_lost' matches no event type; "
+        "did you mean 'link.carrier_lost'?\n"
+    )
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("mode", ["human", "json"])
+def test_monitor_treats_daemon_events_the_same_in_both_output_modes(
+    ns: NetNS, tmp_path: Path, mode: str
+) -> None:
+    """Hidden by default in both modes; with ``--type 'daemon.*'`` both show the start first
+    and the stop last."""
+    as_json = ["--json"] if mode == "json" else []
+
+    def is_daemon(line: str, kind: str) -> bool:
+        if mode == "json":
+            return bool(json.loads(line)["type"] == f"daemon.{kind}")
+        return line.split("] ", 1)[-1].startswith(f"daemon: {kind}")
+
+    shown = Running(ns, tmp_path / "shown.stderr", "monitor", *as_json, "--type", "daemon.*")
+    hidden = Running(ns, tmp_path / "hidden.stderr", "monitor", *as_json)
+    try:
+        assert shown.wait_line(lambda line: is_daemon(line, "started")) is not None, shown.seen
+        wait_monitor_ready(
+            ns,
+            hidden,
+            lambda line, p: (
+                _json_subject_is(line, p, "link.added")
+                if mode == "json"
+                else f"link {p}: added" in line
+            ),
+        )
+    finally:
+        assert shown.stop() == 0
+        assert hidden.stop() == 0
+    assert len(shown.seen) == 2, shown.seen
+    assert is_daemon(shown.seen[0], "started")
+    assert is_daemon(shown.seen[-1], "stopping")
+    assert hidden.seen
+    assert not any(
+        is_daemon(line, "started") or is_daemon(line, "stopping") for line in hidden.seen
+    )
