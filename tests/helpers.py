@@ -101,7 +101,8 @@ class Daemon:
             text = self.events_path.read_text()
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
+        # only newline-terminated lines: the last one may be half written
+        return [json.loads(line) for line in text.split("\n")[:-1] if line]
 
     def wait_event(
         self, match: Callable[[dict[str, Any]], bool], timeout: float = 10.0, what: str = "event"
