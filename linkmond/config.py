@@ -160,7 +160,7 @@ WhenFull = Literal["block", "drop_newest"]
 
 
 class BufferConfig(_Strict):
-    """A sink's ``buffer`` (DESIGN §3, Vector's names): how many events wait for the sink, and
+    """A sink's ``buffer`` (named as in Vector): how many events wait for the sink, and
     what happens when that many are waiting.
 
     ``block`` is lossless: the reader stops reading the socket until the sink catches up (the
@@ -218,7 +218,7 @@ class FileSinkConfig(SinkBase):
 
 
 class JournalSinkConfig(SinkBase):
-    """``type = "journal"``: the systemd journal's native protocol (DESIGN §7)."""
+    """``type = "journal"``: the systemd journal's native protocol (docs/configuration.md)."""
 
     type: Literal["journal"]
     #: journald's native socket; tests point it at a private journald
@@ -246,7 +246,7 @@ class HeaderFromFile(_Strict):
 
 
 class WebhookSinkConfig(SinkBase):
-    """``type = "webhook"``: signed POSTs with a durable spool (DESIGN §7, issue 4)."""
+    """``type = "webhook"``: signed POSTs with a durable spool (README, Webhooks)."""
 
     type: Literal["webhook"]
     url: Annotated[str, AfterValidator(_http_url)]

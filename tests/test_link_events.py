@@ -80,7 +80,7 @@ def read_jsonl(path: Path) -> list[Event]:
         text = path.read_text()
     except FileNotFoundError:
         return []
-    return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
+    return [json.loads(line) for line in text.split("\n")[:-1] if line]  # whole lines only
 
 
 def add_single_device(ns: NetNS, name: str) -> str:
