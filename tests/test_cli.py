@@ -205,7 +205,8 @@ def test_status_prints_a_table_with_one_row_per_link(ns: NetNS) -> None:
     result = in_ns(ns, "status")
     assert result.returncode == 0, result.stderr
     daemon, header, *lines = result.stdout.splitlines()
-    assert daemon == "daemon: not running (these links are read from the kernel now)"
+    # no daemon in this fresh namespace (one elsewhere on the machine may be named)
+    assert daemon.startswith("daemon: not running"), daemon
     assert header.split() == ["IFNAME", "ADMIN", "CARRIER", "OPERSTATE", "MTU", "MAC", "ADDRESSES"]
     rows = {line.split()[0]: line.split() for line in lines}
     assert set(rows) == {"lo", "lm0", "lm0p", "lm1", "lm1p"}
