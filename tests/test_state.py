@@ -282,10 +282,12 @@ def test_an_operstate_the_carrier_event_could_not_tell_follows_as_link_changed()
     state = State()
     apply(state, link(BASE | UP | LOWER, "UNKNOWN"), emit=False)
     lost = apply(state, link(BASE | UP, "UNKNOWN"))
-    assert lost is not None and lost.type == "link.carrier_lost"
+    assert lost is not None
+    assert lost.type == "link.carrier_lost"
     assert lost.data["operstate"] == "unknown"
     settled = apply(state, link(BASE | UP, "DOWN"))
-    assert settled is not None and settled.type == "link.changed"
+    assert settled is not None
+    assert settled.type == "link.changed"
     assert settled.data["changes"] == {"operstate": ["unknown", "down"]}
 
 
