@@ -407,9 +407,15 @@ def decode_rule(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | Non
     for atype, name in rtnl.RULE_EXTRA_ATTRS.items():
         span = attrs.get(atype)
         if span is not None:
-            obj[name] = _rule_extra(name, buf, *span)
+            value = _rule_extra(name, buf, *span)
+            if value != _RULE_UNSET or not name.startswith("suppress_"):
+                obj[name] = value  # newer kernels send suppress_* always, -1 meaning unset
     key = tuple(obj.items())
     return "rule", key, None if deleted else obj
+
+
+#: the kernel's "not set" for suppress_prefixlength / suppress_ifgroup (-1 as a u32)
+_RULE_UNSET: Final = 0xFFFFFFFF
 
 
 def _rule_extra(name: str, buf: Buffer, start: int, end: int) -> int | str | bool:

@@ -652,6 +652,21 @@ def test_rule_fwmark_formatting(attrs: list[Any], shown: str | None) -> None:
     assert obj["table"] == "main"
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"), [(0xFFFFFFFF, None), (0, 0), (32, 32)], ids=["unset", "0", "32"]
+)
+def test_rule_suppress_selectors_are_left_out_when_the_kernel_says_unset(
+    value: int, shown: int | None
+) -> None:
+    # current kernels send both on every rule, -1 meaning "not set": no magic number in events
+    attrs = [("FRA_PRIORITY", 5), ("FRA_TABLE", 254)]
+    msg = rule_msg([*attrs, ("FRA_SUPPRESS_PREFIXLEN", value), ("FRA_SUPPRESS_IFGROUP", value)])
+    _, _, obj = decode_one(msg)
+    assert obj.get("suppress_prefixlength") == shown
+    assert obj.get("suppress_ifgroup") == shown
+    assert ("suppress_prefixlength" in obj) == (shown is not None)
+
+
 def test_rule_goto_has_no_table() -> None:
     msg = rule_msg([("FRA_PRIORITY", 10), ("FRA_GOTO", 200)], action=2)
     _, _, obj = decode_one(msg)
