@@ -1,6 +1,6 @@
 """The one event representation every sink receives, its JSON form and its human line.
 
-An event is a CloudEvents 1.0 structured-mode object (DESIGN §4). The JSON form is defined
+An event is a CloudEvents 1.0 structured-mode object (docs/events.md). The JSON form is defined
 once, here, by the pydantic model and serialised at most once per event however many sinks
 deliver it. Events are built on the netlink reader's hot path, so :class:`EventFactory`
 fills them without re-validating its own output and formats ids and times by hand.
@@ -52,7 +52,7 @@ EVENT_TYPES: Final = (
 
 
 class Event(BaseModel):
-    """One semantic change, CloudEvents 1.0 compatible (DESIGN §4)."""
+    """One semantic change, CloudEvents 1.0 compatible (docs/events.md)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", ignored_types=(_computed_once,))
 
@@ -61,7 +61,7 @@ class Event(BaseModel):
     id: str
     #: ``/linkmond/<hostname>``
     source: str
-    #: e.g. ``link.carrier_lost``; the type names of DESIGN §4 are a public contract
+    #: e.g. ``link.carrier_lost``; the type names (:data:`EVENT_TYPES`) are a public contract
     type: str
     #: RFC 3339 in UTC with microseconds, e.g. ``2026-11-21T22:28:19.464692Z``
     time: str

@@ -1,7 +1,7 @@
 """Fan-out: per-sink filters, bounded buffers, one worker task per sink, retries and drain.
 
 ``publish`` is called on the reader's hot path and never awaits: it filters and appends to
-each sink's queue. What a full queue does is the sink's ``buffer.when_full`` (DESIGN §3):
+each sink's queue. What a full queue does is the sink's ``buffer.when_full``:
 ``drop_newest`` refuses the event for that sink only and counts it; ``block`` always takes
 it (lossless) and raises :attr:`Fanout.blocked`, which tells the reader to stop reading the
 socket until :meth:`Fanout.on_unblocked` calls back, once every such queue has drained to

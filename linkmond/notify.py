@@ -1,4 +1,4 @@
-"""sd_notify for ``Type=notify``: READY, STATUS, WATCHDOG, RELOADING, STOPPING (DESIGN §8).
+"""sd_notify for ``Type=notify``: READY, STATUS, WATCHDOG, RELOADING, STOPPING.
 
 Uses the sdnotify package's connected datagram socket, made non-blocking so that a stalled
 service manager can never stall the event loop. Without ``$NOTIFY_SOCKET`` nothing is sent

@@ -1,6 +1,6 @@
 """rtnetlink numbers from the kernel's uapi headers, and the names users see for them.
 
-Everything the kernel reports as a number is shown to users by name (DESIGN §4); the tables
+Everything the kernel reports as a number is shown to users by name (docs/events.md); the tables
 that do that live here, next to the numbers, so decode and state never carry magic numbers.
 """
 

@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS spool (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: delivery order
     id TEXT NOT NULL,                       -- the event id (webhook-id)
     accepted REAL NOT NULL,                 -- Unix time the sink accepted it (for max_age)
-    event TEXT NOT NULL                     -- the event's JSON (DESIGN §4)
+    event TEXT NOT NULL                     -- the event's JSON (docs/events.md)
 )
 """
 

@@ -409,7 +409,7 @@ class State:
             hops,
         ) = route
         ifname = self.ifname(index)
-        data = {  # the event's field order (DESIGN §4); a literal is twice as fast as _asdict
+        data = {  # the event's field order (docs/events.md); a literal is twice as fast as _asdict
             "family": family, "dst": dst, "src": src, "gateway": gateway, "ifindex": index,
             "table": table, "protocol": protocol, "scope": scope, "type": type_,
             "metric": metric, "prefsrc": prefsrc, "tos": tos,

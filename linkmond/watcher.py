@@ -165,7 +165,7 @@ class WatcherStats:
 class NetnsWatcher:
     """Turns one namespace's rtnetlink stream into changes handed to the publisher.
 
-    ``groups`` are DESIGN's group names; links are always watched (every other event names
+    ``groups`` are ``[monitor] groups`` names; links are always watched (every other event names
     its interface), and only watched groups are dumped.
     """
 

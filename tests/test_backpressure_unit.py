@@ -1,4 +1,4 @@
-"""Per-sink buffer policy (DESIGN §3): a ``block`` sink never loses an event and pauses the
+"""Per-sink buffer policy (`buffer.when_full`): a ``block`` sink never loses an event and pauses the
 reader while its queue is full; a ``drop_newest`` sink beside it drops and counts, and never
 pauses anyone. Real workers and fan-out; the sinks are small recorders."""
 

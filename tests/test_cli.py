@@ -1,6 +1,7 @@
-"""The command line (DESIGN §6) and the daemon's lifecycle: ``--version``/``--help`` everywhere,
-``status``, ``monitor`` and ``replay`` against real kernel changes in a throwaway namespace,
-SIGTERM drain, SIGHUP reopen (logrotate) and one failing sink not stopping the others."""
+"""The command line (docs/linkmond.md) and the daemon's lifecycle: ``--version``/``--help``
+everywhere, ``status``, ``monitor`` and ``replay`` against real kernel changes in a throwaway
+namespace, SIGTERM drain, SIGHUP reopen (logrotate) and one failing sink not stopping the
+others."""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def add_device(ns: NetNS, name: str) -> None:
 
 
 def assert_envelope(event: dict[str, Any], netns: str) -> None:
-    """The CloudEvents envelope of DESIGN §4."""
+    """The CloudEvents envelope of docs/events.md."""
     assert event["specversion"] == "1.0"
     assert UUID7.match(event["id"]), event["id"]
     assert event["source"] == f"/linkmond/{socket.gethostname()}"

@@ -1,5 +1,6 @@
-"""Configuration (DESIGN §5): human sizes and durations, strict keys with their key path, and
-``check-config`` turning every problem into one line on stderr with exit status 78."""
+"""Configuration (docs/configuration.md): human sizes and durations, strict keys and types
+with their key path, paths the daemon's user cannot write, and ``check-config`` turning every
+problem into one line on stderr with exit status 78."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The journal sink against a real systemd-journald (the native protocol, DESIGN §7).
+"""The journal sink against a real systemd-journald (the native protocol).
 
 A private journald runs in its own mount namespace (tmpfs on /run/systemd and /run/log, a
 volatile journald.conf, linkmond's catalog compiled in), the daemon runs there under
@@ -39,7 +39,7 @@ JOURNALD = Path("/lib/systemd/systemd-journald")
 CATALOG = ROOT / "systemd" / "linkmond.catalog"
 SOCKET = "/run/systemd/journal/socket"
 
-#: every event type of DESIGN §4
+#: every event type of docs/events.md
 EVENT_TYPES = {
     *(
         f"link.{k}"

@@ -1,7 +1,7 @@
 """Address, route, neighbour, rule and netconf events from real kernel changes in a netns.
 
 Each test runs the daemon as a subprocess in a throwaway namespace, makes a change with
-``ip``/``sysctl`` and asserts on the exact JSON the file sink wrote (DESIGN §4).
+``ip``/``sysctl`` and asserts on the exact JSON the file sink wrote (docs/events.md).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def matching(daemon: Daemon, mark: int, pred: Callable[[Event], bool]) -> list[E
 
 
 def assert_envelope(event: Event, ns: NetNS, *, resync: bool = False) -> None:
-    """The CloudEvents envelope of DESIGN §4, exactly."""
+    """The CloudEvents envelope of docs/events.md, exactly."""
     assert event["specversion"] == "1.0"
     assert uuid.UUID(event["id"]).version == 7
     assert event["source"] == f"/linkmond/{socket.gethostname()}"

@@ -1,6 +1,6 @@
 """Link events from real kernel changes in a throwaway namespace.
 
-Every link event type of DESIGN §4 (added, removed, admin_up/down, carrier_up/lost, changed),
+Every link event type of docs/events.md (added, removed, admin_up/down, carrier_up/lost, changed),
 the event envelope (CloudEvents fields, UUIDv7 ids, consecutive seq, netns) and the monitor- and
 sink-level ``!`` filters, each against the daemon running as a real subprocess.
 """
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.netns
 Event = dict[str, Any]
 Factory = Callable[..., Daemon]
 
-#: the ``data`` keys of a link event, as in DESIGN §4's example
+#: the ``data`` keys of a link event, as in docs/events.md
 LINK_DATA_KEYS = {
     "ifindex",
     "ifname",
@@ -197,7 +197,7 @@ def test_admin_down_is_admin_down_never_also_carrier_lost(
 def test_admin_down_of_ifb_reports_no_carrier_and_no_carrier_lost(
     ns: NetNS, daemon_factory: Factory
 ) -> None:
-    # IFLA_CARRIER reads 1 on an admin-down ifb (DESIGN §2): carrier must not come from it
+    # IFLA_CARRIER reads 1 on an admin-down ifb (docs/events.md): carrier must not come from it
     ns.ip("link", "add", "lm4", "type", "ifb")
     daemon = daemon_factory()
     mark = daemon.mark()

@@ -1,7 +1,7 @@
 """The shipped unit, logrotate snippet and system config, checked by systemd's own tools.
 
 `systemd-analyze verify` must accept the unit and `systemd-analyze security --offline=true`
-must rate it at an exposure of 1.5 or less; the directives DESIGN §8 and issue 3 require are
+must rate it at an exposure of 1.5 or less; the directives the install story relies on are
 there, and the file paths agree with the install story (README / docs/install.md) and the code.
 """
 

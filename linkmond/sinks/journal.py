@@ -1,4 +1,4 @@
-"""Journal sink: the systemd journal's native protocol (DESIGN §7, JOURNAL_NATIVE_PROTOCOL).
+"""Journal sink: the systemd journal's native protocol (systemd's JOURNAL_NATIVE_PROTOCOL).
 
 Each event becomes one entry: ``MESSAGE`` (the human line, as the console prints it without
 its time), ``PRIORITY``, ``SYSLOG_IDENTIFIER=linkmond``, a fixed ``MESSAGE_ID`` per event type

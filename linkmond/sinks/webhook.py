@@ -1,4 +1,4 @@
-"""Webhook sink: signed CloudEvents POSTs from a durable spool (DESIGN §7, issue 4).
+"""Webhook sink: signed CloudEvents POSTs from a durable spool (docs/configuration.md).
 
 ``emit`` only appends the batch to the SQLite spool (one transaction, in a worker thread) and
 wakes the delivery task; it never waits for HTTP, so a slow or absent receiver delays no other
