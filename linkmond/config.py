@@ -370,6 +370,19 @@ def _cannot_append(path: Path) -> str | None:
     return None
 
 
+def _cannot_make_dir(path: Path) -> str | None:
+    """Why this process could not create files in directory ``path`` (making it first, with
+    its missing parents, as the spool does); None when it can."""
+    path = path.absolute()
+    if path.exists():
+        if not path.is_dir():
+            return f"{path} is not a directory"
+        if not os.access(path, os.W_OK | os.X_OK, effective_ids=True):
+            return f"{path} is not writable by {_user()}"
+        return None
+    return _cannot_append(path)  # creating a directory takes what creating a file there takes
+
+
 def usability_problems(config: Config) -> list[tuple[str, str]]:
     """What the filesystem says against ``config``, for the user this process runs as: a file
     sink path it cannot create or append to, a state directory (the webhook spool) it cannot
@@ -381,7 +394,7 @@ def usability_problems(config: Config) -> list[tuple[str, str]]:
             problems.append((f"sinks.{name}.path", why))
     if any(isinstance(sink, WebhookSinkConfig) for sink in config.sinks.values()):
         state = config.state_directory()
-        if why := _cannot_append(state / "webhook.sqlite"):
+        if why := _cannot_make_dir(state):
             key = "daemon.state_directory"
             if os.environ.get("STATE_DIRECTORY"):
                 key += " ($STATE_DIRECTORY)"
