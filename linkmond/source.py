@@ -47,17 +47,31 @@ class NetlinkSocket:
     groups above 31, and using one mechanism for all keeps it simple). No privilege is needed.
     """
 
-    def __init__(self, groups: Iterable[int] = (), receive_buffer: int = 0) -> None:
-        self.sock = socket.socket(
-            socket.AF_NETLINK,
-            socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-            rtnl.NETLINK_ROUTE,
-        )
+    def __init__(
+        self,
+        groups: Iterable[int] = (),
+        receive_buffer: int = 0,
+        *,
+        passed: socket.socket | None = None,
+    ) -> None:
+        #: True for a socket systemd created and passed (``linkmond.socket``): its receive
+        #: buffer was forced by PID 1 and is only ever grown, never set lower
+        self.passed = passed is not None
+        if passed is not None:
+            passed.setblocking(False)
+            self.sock = passed
+        else:
+            self.sock = socket.socket(
+                socket.AF_NETLINK,
+                socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                rtnl.NETLINK_ROUTE,
+            )
         try:
             self.requested_buffer = receive_buffer
             if receive_buffer:
                 self.set_receive_buffer(receive_buffer)
-            self.sock.bind((0, 0))
+            if passed is None:
+                self.sock.bind((0, 0))
             self.portid: int = self.sock.getsockname()[0]
             for group in groups:
                 self.sock.setsockopt(rtnl.SOL_NETLINK, rtnl.NETLINK_ADD_MEMBERSHIP, group)
@@ -68,13 +82,20 @@ class NetlinkSocket:
         self._peek = bytearray(16)
 
     def set_receive_buffer(self, size: int) -> None:
-        """Ask for ``size`` bytes of receive buffer (:attr:`receive_buffer` says what was given)."""
+        """Ask for ``size`` bytes of receive buffer (:attr:`receive_buffer` says what was given).
+
+        A passed socket keeps the buffer PID 1 forced unless ``size`` is larger and this
+        process may force it too: SO_RCVBUF would cut it down to ``net.core.rmem_max``.
+        """
+        if self.passed and size <= self.receive_buffer:
+            return
         # SO_RCVBUFFORCE passes net.core.rmem_max but needs CAP_NET_ADMIN; without it,
         # SO_RCVBUF is silently capped at rmem_max (see receive_buffer).
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
         except PermissionError:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+            if not self.passed:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
     @property
     def receive_buffer(self) -> int:
@@ -155,6 +176,36 @@ def enter_netns(name: str) -> None:
     if "/" not in name and (not name or name in (".", "..")):
         raise OSError(errno.EINVAL, "not a namespace name")
     netns.setns(name, flags=0)
+
+
+#: the first descriptor systemd passes (``sd_listen_fds``: SD_LISTEN_FDS_START)
+_LISTEN_FDS_START: Final = 3
+
+
+def take_passed_socket() -> socket.socket | None:
+    """The rtnetlink socket systemd passed to this process (socket activation), else None.
+
+    ``linkmond.socket`` has PID 1 create it with ``ListenNetlink=route`` and force its
+    ``ReceiveBuffer=``, which an unprivileged process cannot (``SO_RCVBUFFORCE`` needs
+    CAP_NET_ADMIN). Like ``sd_listen_fds(1)``: only for this PID, and the variables are
+    removed so that no child takes the socket too. A passed descriptor that is not a
+    NETLINK_ROUTE socket is left alone.
+    """
+    pid = os.environ.pop("LISTEN_PID", "")
+    count = os.environ.pop("LISTEN_FDS", "")
+    os.environ.pop("LISTEN_FDNAMES", None)
+    if pid != str(os.getpid()) or not count.isdigit():
+        return None
+    for fd in range(_LISTEN_FDS_START, _LISTEN_FDS_START + int(count)):
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            continue
+        if sock.family == socket.AF_NETLINK and sock.proto == rtnl.NETLINK_ROUTE:
+            os.set_inheritable(fd, False)
+            return sock
+        sock.detach()  # not ours to close
+    return None
 
 
 def current_netns_name(run_netns: str = "/run/netns") -> str:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -176,8 +177,13 @@ class NetnsWatcher:
         groups: Iterable[str] = TABLES,
         receive_buffer: int = 0,
         backpressure: Backpressure | None = None,
+        passed_socket: socket.socket | None = None,
     ) -> None:
+        """``passed_socket``: the rtnetlink socket systemd created for us (socket activation,
+        see :func:`linkmond.source.take_passed_socket`), used for notifications instead of
+        opening one; it is never replaced, so its forced receive buffer lasts."""
         self.publisher = publisher
+        self._passed_socket = passed_socket
         groups = frozenset(groups)
         self.tables = tuple(t for t in TABLES if t == "link" or t in groups)
         self.receive_buffer = receive_buffer
@@ -215,12 +221,15 @@ class NetnsWatcher:
         filtered = dump_sock.enable_strict_check()
         if not filtered:
             log.warning("the kernel refuses NETLINK_GET_STRICT_CHK; re-reading whole tables")
+        if sock.passed:
+            log.info("using the netlink socket systemd passed", receive_buffer=sock.receive_buffer)
         if self.receive_buffer > sock.receive_buffer:
             log.warning(
                 "receive buffer capped by net.core.rmem_max",
                 requested=self.receive_buffer,
                 effective=sock.receive_buffer,
-                hint="run with CAP_NET_ADMIN, or raise net.core.rmem_max",
+                hint="start by linkmond.socket (ReceiveBuffer=), run with CAP_NET_ADMIN, "
+                "or raise net.core.rmem_max",
             )
         self.scheduler = DumpScheduler(
             dump_sock,
@@ -246,7 +255,8 @@ class NetnsWatcher:
 
     def _open_socket(self) -> NetlinkSocket:
         groups = [g for t in self.tables for g in rtnl.GROUPS[t]]
-        sock = NetlinkSocket(groups, self.receive_buffer)
+        passed, self._passed_socket = self._passed_socket, None
+        sock = NetlinkSocket(groups, self.receive_buffer, passed=passed)
         self.sock = sock
         assert self._loop is not None
         if not self._reading.paused:
