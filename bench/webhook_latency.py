@@ -105,6 +105,7 @@ def run(flaps: int) -> dict[str, object]:
         with tempfile.TemporaryDirectory(prefix="lmbench-") as tmp:
             work = Path(tmp)
             (work / "secret").write_text(secret)
+            (work / "secret").chmod(0o600)  # a secret readable by others is refused
             (work / "linkmond.toml").write_text(
                 '[log]\nlevel = "info"\nformat = "json"\n\n'
                 f'[daemon]\nstate_directory = "{work / "state"}"\n\n'

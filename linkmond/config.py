@@ -30,12 +30,14 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from linkmond import rtnl
 from linkmond.events import EVENT_TYPES
+from linkmond.redact import redact_url
 
 DEFAULT_PATH: Final = Path("/etc/linkmond/linkmond.toml")
 EX_CONFIG: Final = 78
@@ -149,11 +151,46 @@ class DaemonConfig(_Strict):
     drain_timeout: Duration = 5.0
 
 
+#: what may follow ``scheme://``: a URL holds no whitespace or control characters
+_URL_FORBIDDEN: Final = re.compile(r"[\x00-\x20\x7f]")
+
+
 def _http_url(value: str) -> str:
-    parsed = urlsplit(value)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    """An ``http://`` or ``https://`` URL with a host and a port aiohttp accepts.
+
+    The messages never quote the URL: its user info, path or query may be a credential.
+    """
+    scheme, sep, _ = value.partition("://")
+    if _URL_FORBIDDEN.search(value):
+        raise ValueError("the URL contains a space or a control character (percent-encode it)")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*", scheme):
+        raise ValueError("not an http:// or https:// URL")
+    if scheme.lower() not in ("http", "https"):
+        raise ValueError(f"the scheme {scheme.lower()!r} is not http or https")
+    try:
+        parsed = urlsplit(value)
+    except ValueError:
+        raise ValueError("not a valid URL: the IPv6 address in [ ] is not closed") from None
+    if not parsed.hostname:
+        raise ValueError(f"the URL has no host ({scheme.lower()}://HOST[:PORT]/PATH)")
+    port = parsed.netloc.rpartition("@")[2].rpartition("]")[2].partition(":")[2]
+    if port and not (port.isascii() and port.isdigit()):
+        raise ValueError("the port is not a number")
+    if port and not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {int(port)} is out of range (1-65535)")
     return value
+
+
+def url_has_credentials(url: str) -> bool:
+    """Whether ``url`` carries ``user:password@`` (aiohttp then sends it as Basic auth)."""
+    parsed = urlsplit(url)
+    return bool(parsed.username or parsed.password)
+
+
+#: a header name is an HTTP token (RFC 9110, 5.6.2)
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: what aiohttp refuses in a header value (every control character but the tab)
+HEADER_VALUE_FORBIDDEN: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 WhenFull = Literal["block", "drop_newest"]
@@ -240,7 +277,8 @@ class HeaderFromEnv(_Strict):
 
 
 class HeaderFromFile(_Strict):
-    """A header value read from a file at start-up (trailing newline stripped)."""
+    """A header value read from a file at start-up (trailing newline stripped); the file is
+    held to the rules of ``secret_file`` (not readable by every user)."""
 
     file: FilePath
 
@@ -261,8 +299,43 @@ class WebhookSinkConfig(SinkBase):
     max_retry_delay: Annotated[Duration, Field(gt=0)] = 300.0
     max_age: Annotated[Duration, Field(gt=0)] = 86400.0
     max_spool: int = Field(default=100_000, ge=1)
+    #: the dead-letter file is rotated to ``<file>.1`` before it would grow past this
+    deadletter_max_bytes: Annotated[Size, Field(ge=4096)] = 4 * 1024**2
     ca_file: FilePath | None = None
     tls_verify: bool = True
+
+    @field_validator("headers")
+    @classmethod
+    def _valid_headers(
+        cls, value: dict[str, str | HeaderFromEnv | HeaderFromFile], info: ValidationInfo
+    ) -> dict[str, str | HeaderFromEnv | HeaderFromFile]:
+        for name, header in value.items():
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not a valid header name (letters, digits and "
+                    "!#$%&'*+-.^_`|~ only, no spaces or control characters)"
+                )
+            if isinstance(header, str) and HEADER_VALUE_FORBIDDEN.search(header):
+                raise ValueError(
+                    f"the value of {name} contains a line break or another control character"
+                )
+        url = info.data.get("url")
+        if url and url_has_credentials(url) and any(n.lower() == "authorization" for n in value):
+            raise ValueError(
+                "an Authorization header and credentials in url (user:password@) cannot be "
+                "combined (the HTTP client refuses to send both): keep one of them"
+            )
+        return value
+
+    @field_validator("tls_verify")
+    @classmethod
+    def _verify_or_ca_file(cls, value: bool, info: ValidationInfo) -> bool:
+        if not value and info.data.get("ca_file") is not None:
+            raise ValueError(
+                "false contradicts ca_file (a CA to verify with, but no verification): "
+                "remove one of them"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_secret(self) -> WebhookSinkConfig:
@@ -293,13 +366,17 @@ class Config(_Strict):
     def effective(self) -> dict[str, Any]:
         """The config with every default filled in, as ``check-config`` prints it.
 
-        Inline header values may be credentials (``Authorization``): they are masked.
+        Inline header values may be credentials (``Authorization``): they are masked. A
+        webhook ``url`` is shown as ``scheme://host:port``: its user info, path and query may
+        be credentials too.
         """
         dumped = self.model_dump(mode="json", by_alias=True)
         for sink in dumped["sinks"].values():
             for name, value in sink.get("headers", {}).items():
                 if isinstance(value, str):
                     sink["headers"][name] = "***"
+            if sink.get("type") == "webhook":
+                sink["url"] = redact_url(sink["url"])
         return dumped
 
 

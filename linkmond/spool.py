@@ -3,21 +3,36 @@
 An event accepted by a webhook sink is a row here until the receiver answered 2xx; a row that
 cannot be delivered (a permanent HTTP error, too old, or pushed out by ``max_spool``) is
 appended to the dead-letter JSONL file before its row is deleted, so a crash in between
-duplicates a dead letter rather than losing an event. Every method blocks (disk I/O): the sink
-calls them through ``asyncio.to_thread``; a lock makes them safe from any thread.
+duplicates a dead letter rather than losing an event. The dead-letter file is bounded: before
+it would grow past ``deadletter_max_bytes`` it is renamed to ``<file>.1`` (replacing the
+previous one) and a new one is started. Every method blocks (disk I/O): the sink calls them
+through ``asyncio.to_thread``; a lock makes them safe from any thread.
+
+Both files are opened through :mod:`linkmond.safefile`: a symlink planted at their path is
+refused, never followed. The database is created mode 0600 before SQLite opens it, so its
+``-wal`` and ``-shm`` files (which SQLite gives the database's mode) are private too.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from linkmond.safefile import UnsafeFileError, ensure_private, open_append
+
+#: ``deadletter_max_bytes`` when the caller does not say (the config's default)
+DEADLETTER_MAX_BYTES: Final = 4 * 1024**2
+#: the files SQLite opens by name beside the database
+_SIDECARS: Final = ("-wal", "-shm", "-journal")
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS spool (
@@ -57,10 +72,21 @@ def _now_rfc3339() -> str:
 class Spool:
     """A FIFO of undelivered events in ``db_path``, bounded to ``max_spool`` rows."""
 
-    def __init__(self, db_path: Path, deadletter_path: Path, max_spool: int) -> None:
+    def __init__(
+        self,
+        db_path: Path,
+        deadletter_path: Path,
+        max_spool: int,
+        deadletter_max_bytes: int = DEADLETTER_MAX_BYTES,
+    ) -> None:
         self.db_path = db_path
         self.deadletter_path = deadletter_path
+        #: where the dead-letter file goes when it is full (the previous one is replaced)
+        self.deadletter_rotated = deadletter_path.with_name(deadletter_path.name + ".1")
         self.max_spool = max_spool
+        self.deadletter_max_bytes = deadletter_max_bytes
+        #: how often the dead-letter file was rotated since this spool was opened
+        self.rotations = 0
         #: events pushed out by ``max_spool`` since this spool was opened
         self.evicted = 0
         #: events dead-lettered for any reason since this spool was opened
@@ -70,10 +96,17 @@ class Spool:
         self._count = 0
 
     def open(self) -> int:
-        """Create or open the database (WAL); returns how many events are pending."""
+        """Create or open the database (WAL); returns how many events are pending.
+
+        Raises :class:`linkmond.safefile.UnsafeFileError` when the database or a file SQLite
+        keeps beside it is a symlink, not a regular file, or another user's.
+        """
         with self._lock:
             if self._db is None:
                 self.db_path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+                ensure_private(self.db_path)
+                for suffix in _SIDECARS:
+                    _check_sidecar(self.db_path.with_name(self.db_path.name + suffix))
                 db = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
                 try:
                     db.execute("PRAGMA journal_mode=WAL")
@@ -203,15 +236,63 @@ class Spool:
             ensure_ascii=False,
         )[:-1]
         # the event's own JSON is spliced in unchanged: exactly what the receiver would get
-        data = "".join(f'{head}, "event": {e.event}}}\n' for e in events).encode()
-        fd = os.open(
-            self.deadletter_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
-        )
+        self._append([f'{head}, "event": {e.event}}}\n'.encode() for e in events])
+        self.dead_lettered += len(events)
+
+    def _append(self, lines: Sequence[bytes]) -> None:
+        """Append ``lines`` to the dead-letter file (fsynced), rotating it between two lines
+        whenever the next one would take it past ``deadletter_max_bytes``."""
+        fd = open_append(self.deadletter_path)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            size = os.fstat(fd).st_size
+            pending: list[bytes] = []
+            for line in lines:
+                if size and size + len(line) > self.deadletter_max_bytes:
+                    _write_all(fd, b"".join(pending))
+                    pending.clear()
+                    os.fsync(fd)
+                    os.close(fd)
+                    fd = -1
+                    self._rotate()
+                    fd = open_append(self.deadletter_path)
+                    size = os.fstat(fd).st_size
+                pending.append(line)
+                size += len(line)
+            _write_all(fd, b"".join(pending))
             os.fsync(fd)
         finally:
-            os.close(fd)
-        self.dead_lettered += len(events)
+            if fd >= 0:
+                os.close(fd)
+
+    def _rotate(self) -> None:
+        # rename() replaces whatever is at the .1 path, a symlink included, without following
+        try:
+            os.replace(self.deadletter_path, self.deadletter_rotated)
+        except FileNotFoundError:  # logrotate moved it away meanwhile
+            return
+        self.rotations += 1
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _check_sidecar(path: Path) -> None:
+    """Refuse a ``-wal``/``-shm``/``-journal`` file that SQLite would follow or another user
+    planted; a missing one is fine (SQLite creates it with the database's mode)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafeFileError(errno.ELOOP, "is a symlink: not followed", str(path))
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafeFileError(errno.EPERM, "is not a regular file", str(path))
+    if st.st_uid != os.geteuid():
+        raise UnsafeFileError(
+            errno.EPERM,
+            f"is owned by uid {st.st_uid}, not by the daemon's user (uid {os.geteuid()})",
+            str(path),
+        )

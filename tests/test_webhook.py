@@ -47,12 +47,14 @@ Record = dict[str, Any]
 
 @dataclass
 class Answer:
-    """One scripted answer: status, extra headers, body, and how long to hold the request."""
+    """One scripted answer: status, extra headers, body (text, or ``raw`` bytes sent as they
+    are), and how long to hold the request."""
 
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: str = ""
     delay: float = 0.0
+    raw: bytes | None = None
 
 
 class Receiver:
@@ -131,6 +133,8 @@ class Receiver:
         self.answered.append(done)
         if self.on_record:
             self.on_record(done)
+        if answer.raw is not None:
+            return web.Response(status=answer.status, headers=answer.headers, body=answer.raw)
         return web.Response(status=answer.status, headers=answer.headers, text=answer.body)
 
     def delivered(self) -> list[str]:
@@ -256,6 +260,7 @@ async def test_delivers_a_signed_cloudevent_with_extra_headers(
     monkeypatch.setenv("LM_TEST_TOKEN", "from-env")
     token_file = tmp_path / "token"
     token_file.write_text("from-file\n")
+    token_file.chmod(0o600)  # a credential: every user may not read it
     event = carrier_lost(factory)
     async with Receiver(secret) as rx:
         config = webhook_config(
@@ -399,7 +404,8 @@ async def test_retry_after_is_honoured(
     # an HTTP date 2 s ahead is, with its 1 s granularity, at least 1 s from now
     retry_after = "1" if form == "seconds" else formatdate(time.time() + 2, usegmt=True)
     async with Receiver(secret, [Answer(503, {"Retry-After": retry_after})]) as rx:
-        config = webhook_config(rx.url, secret_file)  # backoff alone would wait ≤ 50 ms
+        # backoff alone would wait ≤ 50 ms; Retry-After is honoured up to max_retry_delay
+        config = webhook_config(rx.url, secret_file, max_retry_delay="5s")
         async with running(WebhookSink("hook", config, tmp_path)) as s:
             await s.emit([carrier_lost(factory)])
             await until(rx.delivered, what="the delivery")
@@ -634,6 +640,7 @@ def test_unset_secret_env_is_a_config_error(tmp_path: Path, monkeypatch: Any) ->
 def test_empty_or_invalid_secret_is_a_config_error(tmp_path: Path, content: str) -> None:
     path = tmp_path / "secret"
     path.write_text(content)
+    path.chmod(0o600)
     with pytest.raises(ConfigError) as err:
         WebhookSink("oncall", webhook_config("http://127.0.0.1:9/", path), tmp_path)
     assert err.value.problems[0][0] == "sinks.oncall.secret_file"

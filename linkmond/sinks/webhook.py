@@ -7,19 +7,26 @@ aiohttp session, signed per Standard Webhooks (``webhook-id`` = the event id, st
 retries). A row leaves the spool only after a 2xx, or into the dead-letter file: permanent
 HTTP errors (3xx is not followed, 4xx other than 408/429), ``max_age`` and ``max_spool``.
 Connection errors, timeouts, 408, 429 and 5xx retry the same event with full-jitter
-exponential backoff, honouring ``Retry-After``. Pending rows survive a restart and are
-attempted at once by the next run.
+exponential backoff, honouring ``Retry-After`` up to ``max_retry_delay``. Pending rows survive
+a restart and are attempted at once by the next run.
+
+The URL is shown only as ``scheme://host:port`` (:mod:`linkmond.redact`), error texts of
+aiohttp included; answers are read undecompressed, and only their first bytes; a recurring
+log line is written at most once per :data:`LOG_EVERY` seconds with a count of the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
+import ipaddress
 import json
 import logging
 import os
 import random
 import ssl
+import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,8 +41,15 @@ import structlog
 from standardwebhooks.webhooks import Webhook
 
 from linkmond import __version__
-from linkmond.config import ConfigError, HeaderFromEnv, HeaderFromFile, WebhookSinkConfig
+from linkmond.config import (
+    HEADER_VALUE_FORBIDDEN,
+    ConfigError,
+    HeaderFromEnv,
+    HeaderFromFile,
+    WebhookSinkConfig,
+)
 from linkmond.events import Event, describe
+from linkmond.redact import redact_text, redact_url
 from linkmond.sinks.base import Sink, SinkError
 from linkmond.spool import DeadLetter, Spool, SpooledEvent
 
@@ -43,24 +57,33 @@ log = structlog.get_logger("linkmond.webhook")
 
 CLOUDEVENTS_TYPE: Final = "application/cloudevents+json; charset=utf-8"
 TEXT_TYPE: Final = "application/json"
-#: how much of a receiver's answer is read (so the connection can be reused) and kept
+#: how much of a 2xx answer is read (undecompressed), so that the connection can be reused
 READ_MAX: Final = 64 * 1024
+#: how much of any other answer is read and kept (logs, the dead-letter file)
 SNIPPET_MAX: Final = 512
+#: a recurring log line of a sink (spool full, will retry, …) at most once per this many s
+LOG_EVERY: Final = 10.0
 #: at shutdown, how long a healthy sink may keep delivering what is spooled
 CLOSE_GRACE: Final = 1.0
 
 #: the delivery task of each spool file. A sink rebuilt by a reload starts before the old one
 #: is closed; its delivery waits for the old task to end, so events stay in order, sent once.
 _deliverers: dict[Path, asyncio.Task[None]] = {}
+#: (sink, endpoint) pairs already warned about plain http:// in this process
+_warned_plain_http: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)
 class Attempt:
-    """The outcome of one POST: an HTTP status, or ``error`` when there was no answer."""
+    """The outcome of one POST: an HTTP status, or ``error`` when there was no answer.
+
+    ``retry_after`` is the header as received: it is parsed only when the event is retried,
+    so nothing in a 2xx answer can keep a delivered event in the spool.
+    """
 
     status: int | None = None
     response: str = ""
-    retry_after: float | None = None
+    retry_after: str | None = None
     error: str = ""
     #: the pooled connection had been closed by the peer: worth one immediate retry
     stale: bool = False
@@ -79,33 +102,115 @@ class Attempt:
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date; None if absent/bad."""
+    """``Retry-After`` as seconds from now: ASCII delta-seconds or an HTTP date; None when
+    absent or unreadable (never raises). The caller caps it (``max_retry_delay``)."""
     if not value:
         return None
     value = value.strip()
+    if not value.isascii():
+        return None
     if value.isdigit():
-        return float(value)
+        return float(value)  # inf for an absurd number of digits, never an exception
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    except (ArithmeticError, LookupError, TypeError, ValueError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def load_signer(name: str, config: WebhookSinkConfig) -> Webhook:
+class Throttle:
+    """At most one log line per ``every`` seconds for one recurring condition.
+
+    :meth:`due` says whether to log now, and how many occurrences were not logged since the
+    last line; :attr:`pending` is what was held back since then.
+    """
+
+    def __init__(self, every: float = LOG_EVERY) -> None:
+        self.every = every
+        self.pending = 0
+        self._last: float | None = None
+
+    def due(self, now: float | None = None) -> int | None:
+        """None: suppress this occurrence (counted). Otherwise log it now, with the count."""
+        now = time.monotonic() if now is None else now
+        if self._last is not None and now - self._last < self.every:
+            self.pending += 1
+            return None
+        self._last = now
+        suppressed, self.pending = self.pending, 0
+        return suppressed
+
+
+def is_loopback(host: str | None) -> bool:
+    """127.0.0.0/8, ::1 (also IPv4-mapped) and ``localhost``: traffic that stays on this host."""
+    if not host:
+        return False
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def _read_private(path: Path, key: str, what: str) -> tuple[bytes, str | None]:
+    """The bytes of a file holding a credential, and a warning if its group may read it.
+
+    A file every user may read is refused (:class:`ConfigError`); one readable by a group the
+    daemon is not in is accepted with a warning, for the daemon to log when it starts.
+    """
+    try:
+        with path.open("rb") as f:
+            st = os.fstat(f.fileno())
+            mode = stat.S_IMODE(st.st_mode)
+            if mode & stat.S_IROTH:
+                raise ConfigError(
+                    path,
+                    [
+                        (
+                            key,
+                            f"the {what} file is readable by every user (mode {mode:04o}): "
+                            f"chmod o-r {path}, or hand it over with LoadCredential= "
+                            "(docs/install.md)",
+                        )
+                    ],
+                )
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError(path, [(key, f"cannot read the {what}: {exc.strerror}")]) from None
+    warning = None
+    if mode & stat.S_IRGRP and st.st_gid != os.getegid() and st.st_gid not in os.getgroups():
+        try:
+            group = grp.getgrgid(st.st_gid).gr_name
+        except KeyError:
+            group = str(st.st_gid)
+        warning = (
+            f"{path} ({key}) is readable by group {group} (mode {mode:04o}): every member of "
+            f"it can read the {what}; chmod g-r it unless that is meant"
+        )
+    return data, warning
+
+
+def load_signer(name: str, config: WebhookSinkConfig, warnings: list[str] | None = None) -> Webhook:
     """The Standard Webhooks signer for the secret in ``secret_file`` or ``secret_env``.
 
     Raises :class:`ConfigError` naming the file (or ``<env>``) and the key; the secret's
-    value never enters a message.
+    value never enters a message. A secret file every user may read is refused; one a group
+    may read adds a line to ``warnings``.
     """
     if config.secret_file is not None:
         where, key = str(config.secret_file), f"sinks.{name}.secret_file"
+        data, warning = _read_private(config.secret_file, key, "secret")
+        if warning and warnings is not None:
+            warnings.append(warning)
         try:
-            secret = config.secret_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(where, [(key, f"cannot read the secret: {exc.strerror}")]) from None
+            secret = data.decode("utf-8").strip()
         except UnicodeDecodeError:
             raise ConfigError(where, [(key, "the secret is not UTF-8 text")]) from None
         if not secret:
@@ -126,7 +231,12 @@ def load_signer(name: str, config: WebhookSinkConfig) -> Webhook:
         ) from None
 
 
-def _header_value(name: str, header: str, value: str | HeaderFromEnv | HeaderFromFile) -> str:
+def _header_value(
+    name: str,
+    header: str,
+    value: str | HeaderFromEnv | HeaderFromFile,
+    warnings: list[str] | None = None,
+) -> str:
     """An extra header's value: literal, or read from the environment or a file now."""
     key = f"sinks.{name}.headers.{header}"
     where: Path | str = "<config>"
@@ -138,35 +248,53 @@ def _header_value(name: str, header: str, value: str | HeaderFromEnv | HeaderFro
         value = got
     elif isinstance(value, HeaderFromFile):
         where = value.file
+        data, warning = _read_private(value.file, key, "header value")
+        if warning and warnings is not None:
+            warnings.append(warning)
         try:
-            value = value.file.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise ConfigError(where, [(key, f"cannot read: {exc.strerror}")]) from None
+            value = data.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError:
             raise ConfigError(where, [(key, "not UTF-8 text")]) from None
-    if "\n" in value or "\r" in value:
-        raise ConfigError(where, [(key, "a header value cannot contain a line break")])
+    if HEADER_VALUE_FORBIDDEN.search(value):
+        raise ConfigError(
+            where,
+            [(key, "a header value cannot contain a line break or another control character")],
+        )
     return value
+
+
+def _refuse_symlink(path: Path, key: str) -> None:
+    """A planted symlink where the sink keeps a file: a config error now, not a retry loop."""
+    if path.is_symlink():
+        raise ConfigError(path, [(key, "is a symlink: not followed (remove it)")])
 
 
 class WebhookSink(Sink):
     """POSTs events to ``config.url`` from a spool at ``<state_directory>/webhook-<name>.sqlite``.
 
     The secret, extra headers and CA file are read here, when the daemon builds its sinks: a
-    problem raises :class:`linkmond.config.ConfigError` (exit status 78).
+    problem raises :class:`linkmond.config.ConfigError` (exit status 78). Warnings found
+    meanwhile (a secret file its group may read) are logged by :meth:`start`.
     """
 
     def __init__(self, name: str, config: WebhookSinkConfig, state_directory: Path) -> None:
         self.name = name
         self.config = config
         self.state_directory = state_directory
-        self._signer = load_signer(name, config)
+        #: scheme://host:port only, wherever the URL is shown: its user info, path or query
+        #: may be a credential
+        self.endpoint = redact_url(config.url)
+        self._warnings: list[str] = []
+        self._signer = load_signer(name, config, self._warnings)
         self._headers = {
             "User-Agent": f"linkmond/{__version__}",
-            **{h: _header_value(name, h, v) for h, v in config.headers.items()},
+            # answers are read undecompressed (no decompression bomb): ask for none
+            "Accept-Encoding": "identity",
+            **{h: _header_value(name, h, v, self._warnings) for h, v in config.headers.items()},
         }
         self._ssl: ssl.SSLContext | bool = False
-        if urlsplit(config.url).scheme == "https" and config.tls_verify:
+        parts = urlsplit(config.url)
+        if parts.scheme == "https" and config.tls_verify:
             try:
                 self._ssl = ssl.create_default_context(
                     cafile=str(config.ca_file) if config.ca_file else None
@@ -175,30 +303,43 @@ class WebhookSink(Sink):
                 raise ConfigError(
                     config.ca_file or "<tls>", [(f"sinks.{name}.ca_file", f"cannot load: {exc}")]
                 ) from None
-        parts = urlsplit(config.url)
-        #: scheme://host:port only: a URL path or query may itself be a credential
-        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
-        self.endpoint = f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+        self._plain_remote = parts.scheme == "http" and not is_loopback(parts.hostname)
         self.spool = Spool(
             state_directory / f"webhook-{name}.sqlite",
             state_directory / f"webhook-{name}.deadletter.jsonl",
             config.max_spool,
+            config.deadletter_max_bytes,
         )
+        _refuse_symlink(self.spool.db_path, f"sinks.{name}")
+        _refuse_symlink(self.spool.deadletter_path, f"sinks.{name}")
         self._opened = False
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._empty = asyncio.Event()  # set while nothing is spooled
         self._failing = False
+        #: one per recurring log line; ``_evicted`` counts evictions since the last line
+        self._throttles: dict[str, Throttle] = {}
+        self._evicted = 0
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the spool and start delivering; events left by a previous run go first."""
+        for warning in self._warnings:
+            log.warning(warning, sink=self.name)
         if urlsplit(self.config.url).scheme == "https" and not self.config.tls_verify:
             log.warning(
                 "TLS VERIFICATION IS OFF for this webhook (tls_verify = false): anyone on the "
                 "path can impersonate the receiver and read the events",
+                sink=self.name,
+                endpoint=self.endpoint,
+            )
+        if self._plain_remote and (self.name, self.endpoint) not in _warned_plain_http:
+            _warned_plain_http.add((self.name, self.endpoint))
+            log.warning(
+                "webhook over plain http:// to another host: the events and any credentials "
+                "in its headers or URL cross the network unencrypted; use https://",
                 sink=self.name,
                 endpoint=self.endpoint,
             )
@@ -209,7 +350,7 @@ class WebhookSink(Sink):
             try:
                 pending = await asyncio.to_thread(self.spool.open)
             except Exception as exc:
-                raise SinkError(f"cannot open the spool {self.spool.db_path}: {exc}") from exc
+                raise SinkError(f"cannot open the spool: {_explain(exc)}") from exc
             self._opened = True
             if pending:
                 log.info("resuming spooled events", sink=self.name, pending=pending)
@@ -218,6 +359,8 @@ class WebhookSink(Sink):
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=4),
                 timeout=aiohttp.ClientTimeout(total=self.config.timeout or None),
                 headers=self._headers,
+                # a compressed answer stays compressed: nothing can inflate in memory
+                auto_decompress=False,
             )
             self._wake.set()
             previous = _deliverers.get(self.spool.db_path)
@@ -225,6 +368,10 @@ class WebhookSink(Sink):
                 self._deliver_forever(previous), name=f"webhook:{self.name}"
             )
             _deliverers[self.spool.db_path] = self._task
+
+    def _due(self, what: str) -> int | None:
+        """Whether the recurring log line ``what`` may be written now (see :class:`Throttle`)."""
+        return self._throttles.setdefault(what, Throttle()).due()
 
     async def emit(self, events: Sequence[Event]) -> None:
         """Spool the batch (one transaction) and wake the delivery task; no HTTP here."""
@@ -234,15 +381,19 @@ class WebhookSink(Sink):
                 self.spool.append, [(e.id, e.json_line) for e in events]
             )
         except Exception as exc:
-            raise SinkError(f"cannot spool to {self.spool.db_path}: {exc}") from exc
+            raise SinkError(f"cannot spool to {self.spool.db_path}: {_explain(exc)}") from exc
         if evicted:
-            log.error(
-                "webhook spool full (max_spool): oldest events moved to the dead-letter file",
-                sink=self.name,
-                evicted=evicted,
-                evicted_total=self.spool.evicted,
-                dead_letter=str(self.spool.deadletter_path),
-            )
+            self._evicted += evicted
+            if (suppressed := self._due("spool_full")) is not None:
+                log.error(
+                    "webhook spool full (max_spool): oldest events moved to the dead-letter file",
+                    sink=self.name,
+                    evicted=self._evicted,
+                    evicted_total=self.spool.evicted,
+                    dead_letter=str(self.spool.deadletter_path),
+                    **_suppressed(suppressed),
+                )
+                self._evicted = 0
         self._empty.clear()
         self._wake.set()
 
@@ -265,6 +416,16 @@ class WebhookSink(Sink):
         if self._opened:
             await asyncio.to_thread(self.spool.close)
             self._opened = False
+        held = {what: t.pending for what, t in self._throttles.items() if t.pending}
+        if held:
+            log.warning(
+                "webhook log lines held back by the rate limit since the last of each kind",
+                sink=self.name,
+                evicted=self._evicted or None,
+                **held,
+            )
+            for throttle in self._throttles.values():
+                throttle.pending = 0
 
     # -- delivery ---------------------------------------------------------------------------
 
@@ -276,7 +437,13 @@ class WebhookSink(Sink):
             try:
                 row = await asyncio.to_thread(self.spool.head, self.config.max_age)
             except Exception as exc:
-                log.error("cannot read the webhook spool", sink=self.name, error=str(exc))
+                if (suppressed := self._due("spool_read")) is not None:
+                    log.error(
+                        "cannot read the webhook spool",
+                        sink=self.name,
+                        error=self._redact(_explain(exc)),
+                        **_suppressed(suppressed),
+                    )
                 await asyncio.sleep(self.config.retry_initial or 1.0)
                 continue
             if row is None:
@@ -286,8 +453,18 @@ class WebhookSink(Sink):
             try:
                 await self._deliver(row)
             except Exception as exc:  # a spool (disk) error: keep the task alive, retry later
-                log.error("webhook delivery error", sink=self.name, error=repr(exc))
+                if (suppressed := self._due("delivery_error")) is not None:
+                    log.error(
+                        "webhook delivery error",
+                        sink=self.name,
+                        error=self._redact(_explain(exc)),
+                        **_suppressed(suppressed),
+                    )
                 await asyncio.sleep(self.config.retry_initial or 1.0)
+
+    def _redact(self, text: str) -> str:
+        """``text`` (an exception's, say) without this sink's URL in it but its endpoint."""
+        return redact_text(text, self.config.url)
 
     def _body(self, row: SpooledEvent) -> tuple[str, str]:
         if self.config.format == "text":
@@ -310,6 +487,7 @@ class WebhookSink(Sink):
             attempts += 1
             result = await self._post(row.id, body, content_type)
             if result.delivered:
+                # first of all: nothing in the answer may keep a delivered event spooled
                 await asyncio.to_thread(self.spool.remove, row.seq)
                 if self._failing:
                     log.info("webhook delivering again", sink=self.name, attempts=attempts)
@@ -321,15 +499,17 @@ class WebhookSink(Sink):
                     if result.status is not None and 300 <= result.status < 400
                     else f"HTTP {result.status}: permanent error"
                 )
-                log.error(
-                    "webhook refused the event; moved to the dead-letter file",
-                    sink=self.name,
-                    endpoint=self.endpoint,
-                    event_id=row.id,
-                    status=result.status,
-                    response=result.response,
-                    dead_letter=str(self.spool.deadletter_path),
-                )
+                if (suppressed := self._due("refused")) is not None:
+                    log.error(
+                        "webhook refused the event; moved to the dead-letter file",
+                        sink=self.name,
+                        endpoint=self.endpoint,
+                        event_id=row.id,
+                        status=result.status,
+                        response=result.response,
+                        dead_letter=str(self.spool.deadletter_path),
+                        **_suppressed(suppressed),
+                    )
                 await asyncio.to_thread(
                     self.spool.dead_letter,
                     row,
@@ -341,23 +521,26 @@ class WebhookSink(Sink):
             self._failing = True
             delay = random.uniform(0, cap)
             cap = min(cap * 2, self.config.max_retry_delay)
-            if result.retry_after is not None:
-                delay = max(delay, result.retry_after)
-            log.log(
-                logging.ERROR if result.tls else logging.WARNING,
-                "webhook TLS certificate verification failed: the receiver's certificate is not "
-                "trusted (set ca_file for a private CA); nothing was sent, will retry"
-                if result.tls
-                else "webhook delivery failed; will retry",
-                sink=self.name,
-                endpoint=self.endpoint,
-                event_id=row.id,
-                status=result.status,
-                error=result.error or None,
-                response=result.response or None,
-                attempt=attempts,
-                retry_in=round(delay, 3),
-            )
+            retry_after = retry_after_seconds(result.retry_after)
+            if retry_after is not None:
+                delay = max(delay, min(retry_after, self.config.max_retry_delay))
+            if (suppressed := self._due("tls" if result.tls else "retry")) is not None:
+                log.log(
+                    logging.ERROR if result.tls else logging.WARNING,
+                    "webhook TLS certificate verification failed: the receiver's certificate "
+                    "is not trusted (set ca_file for a private CA); nothing was sent, will retry"
+                    if result.tls
+                    else "webhook delivery failed; will retry",
+                    sink=self.name,
+                    endpoint=self.endpoint,
+                    event_id=row.id,
+                    status=result.status,
+                    error=result.error or None,
+                    response=result.response or None,
+                    attempt=attempts,
+                    retry_in=round(delay, 3),
+                    **_suppressed(suppressed),
+                )
             age_left = row.accepted + self.config.max_age - time.time()
             await asyncio.sleep(max(0.0, min(delay, age_left)))
             if age_left <= delay:
@@ -371,12 +554,14 @@ class WebhookSink(Sink):
                         attempts,
                     ),
                 )
-                log.error(
-                    "webhook event too old (max_age); moved to the dead-letter file",
-                    sink=self.name,
-                    event_id=row.id,
-                    attempts=attempts,
-                )
+                if (suppressed := self._due("too_old")) is not None:
+                    log.error(
+                        "webhook event too old (max_age); moved to the dead-letter file",
+                        sink=self.name,
+                        event_id=row.id,
+                        attempts=attempts,
+                        **_suppressed(suppressed),
+                    )
                 return
             if not await asyncio.to_thread(self.spool.contains, row.seq):
                 return  # pushed out by max_spool while we waited (and dead-lettered)
@@ -396,17 +581,59 @@ class WebhookSink(Sink):
             async with self._session.post(
                 self.config.url, data=body.encode(), headers=headers, allow_redirects=False
             ) as resp:
-                answer = await resp.content.read(READ_MAX)
+                if 200 <= resp.status < 300:
+                    # delivered, whatever follows; the rest is read only to reuse the connection
+                    with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                        await _read(resp, READ_MAX)
+                    return Attempt(status=resp.status)
                 return Attempt(
                     status=resp.status,
-                    response=answer[:SNIPPET_MAX].decode("utf-8", "replace"),
-                    retry_after=retry_after_seconds(resp.headers.get("Retry-After")),
+                    # a receiver may quote the request's path or query back (a 404 page)
+                    response=self._redact(await _snippet(resp)),
+                    retry_after=resp.headers.get("Retry-After"),
                 )
         except aiohttp.ClientConnectorCertificateError as exc:
-            return Attempt(error=str(exc.certificate_error), tls=True)
+            return Attempt(error=self._redact(str(exc.certificate_error)), tls=True)
         except aiohttp.ServerDisconnectedError as exc:
-            return Attempt(error=f"server disconnected: {exc}", stale=True)
+            return Attempt(error=self._redact(f"server disconnected: {exc}"), stale=True)
         except TimeoutError:
             return Attempt(error=f"timed out after {self.config.timeout:g}s")
         except (aiohttp.ClientError, OSError) as exc:
-            return Attempt(error=f"{type(exc).__name__}: {exc}")
+            # aiohttp puts the whole URL into some messages (ClientResponseError: url=…)
+            return Attempt(error=self._redact(f"{type(exc).__name__}: {exc}"))
+
+
+async def _read(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the answer's body as sent (never decompressed)."""
+    data = b""
+    while len(data) < limit:
+        chunk = await resp.content.read(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+async def _snippet(resp: aiohttp.ClientResponse) -> str:
+    """The start of an answer for the logs and the dead-letter file: the first
+    :data:`SNIPPET_MAX` bytes as text; a compressed answer is not decoded, only named."""
+    encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        return f"<{encoding}-encoded answer, not decoded>"
+    try:
+        data = await _read(resp, SNIPPET_MAX)
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        return "<the answer broke off>"
+    return data.decode("utf-8", "replace")
+
+
+def _explain(exc: Exception) -> str:
+    """An error for a log line: ``PATH: what is wrong`` for a file, else its type and text."""
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _suppressed(count: int) -> dict[str, int]:
+    """``suppressed=N`` for a throttled log line, when lines were held back since the last."""
+    return {"suppressed": count} if count else {}
