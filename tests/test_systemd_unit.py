@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from linkmond.config import DEFAULT_PATH, FileSinkConfig, JournalSinkConfig, load_config
+from linkmond.filters import GlobFilter
 from tests.helpers import ROOT
 
 UNIT = ROOT / "systemd" / "linkmond.service"
+SOCKET = ROOT / "systemd" / "linkmond.socket"
 LOGROTATE = ROOT / "systemd" / "linkmond.logrotate"
 SYSTEM_CONFIG = ROOT / "config" / "linkmond.system.toml"
 # the install story: docs/install.md, folded into README.md
@@ -55,12 +57,16 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     assert text.count(INSTALLED_BINARY) == 1
     copy = tmp_path / "linkmond.service"
     copy.write_text(text.replace(INSTALLED_BINARY, str(stub)))
+    shutil.copyfile(SOCKET, tmp_path / SOCKET.name)  # the service requires it
     done = subprocess.run(
-        ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, check=False
+        ["systemd-analyze", "verify", str(copy), str(tmp_path / SOCKET.name)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     # warnings (unknown keys, bad values) do not change the exit status: none may appear
-    assert "linkmond.service" not in done.stderr + done.stdout, done.stderr
+    assert "linkmond." not in done.stderr + done.stdout, done.stderr
 
 
 @needs_analyze
@@ -141,3 +147,32 @@ def test_logrotate_snippet_rotates_the_file_sink_and_signals_only_the_main_proce
     assert postrotate, text
     assert "systemctl kill -s HUP --kill-whom=main linkmond.service" in postrotate.group(1)
     assert "copytruncate" not in text  # the daemon reopens: rename + create is enough
+
+
+def test_the_socket_unit_gives_the_daemon_a_forced_receive_buffer() -> None:
+    socket_unit = directives(SOCKET)
+    assert socket_unit["ListenNetlink"] == ["route"]  # the daemon joins its groups itself
+    (size,) = socket_unit["ReceiveBuffer"]
+    assert size.endswith("M")
+    assert int(size[:-1]) >= 16  # at least the daemon's own default
+    assert socket_unit["PartOf"] == ["linkmond.service"]  # no socket outlives a stop
+    service = directives(UNIT)
+    assert service["Requires"] == ["linkmond.socket"]
+    assert service["After"] == ["linkmond.socket"]
+    assert service["Also"] == ["linkmond.socket"]  # `systemctl enable linkmond` is enough
+
+
+def test_the_journal_never_suppresses_what_the_journal_sink_sends() -> None:
+    assert directives(UNIT)["LogRateLimitIntervalSec"] == ["0"]
+    config = load_config(SYSTEM_CONFIG)
+    (journal,) = (s for s in config.sinks.values() if isinstance(s, JournalSinkConfig))
+    # what an operator reads in the journal; routes and neighbours (a full table is a
+    # million) go to the file
+    wanted = {"link.carrier_lost", "link.admin_down", "addr.added", "rule.added"}
+    wanted |= {"netconf.changed", "daemon.started", "daemon.overflow", "daemon.stopping"}
+    unwanted = {"route.added", "route.removed", "neigh.added", "neigh.changed"}
+    events = GlobFilter(journal.events)
+    assert all(events.match(t) for t in wanted)
+    assert not any(events.match(t) for t in unwanted)
+    (file_sink,) = (s for s in config.sinks.values() if isinstance(s, FileSinkConfig))
+    assert all(GlobFilter(file_sink.events).match(t) for t in wanted | unwanted)
