@@ -316,6 +316,7 @@ def install(machine: Machine, wheels: str) -> None:
     )
     copies = {
         ROOT / "systemd" / "linkmond.service": "/etc/systemd/system/linkmond.service",
+        ROOT / "systemd" / "linkmond.socket": "/etc/systemd/system/linkmond.socket",
         SYSTEM_CONFIG: "/etc/linkmond/linkmond.toml",
         ROOT / "systemd" / "linkmond.logrotate": "/etc/logrotate.d/linkmond",
         ROOT / "systemd" / "linkmond.catalog": "/usr/lib/systemd/catalog/linkmond.catalog",
