@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -11,7 +12,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from pydantic import ValidationError
 
@@ -26,10 +27,10 @@ from linkmond.config import (
     LogConfig,
     load_config,
 )
-from linkmond.events import Event, EventFactory
+from linkmond.events import Event, EventFactory, escape_controls
 from linkmond.logs import configure as configure_logs
 from linkmond.publisher import Publisher
-from linkmond.source import current_netns_name, enter_netns
+from linkmond.source import current_netns_name, enter_netns, quiesce, take_passed_socket
 
 if TYPE_CHECKING:
     from linkmond.state import State
@@ -128,11 +129,17 @@ def _load(path: Path | None) -> Config:
 
 
 def _run(path: Path | None) -> int:
+    # first, so that a socket systemd passed is left silent even if the config is refused
+    # (joined and unread, it would fill and make systemd start the service again)
+    passed = take_passed_socket()
+    if passed is not None:
+        quiesce(passed)
     config = _load(path)
     configure_logs(config.log.level, config.log.format)
     from linkmond.daemon import Daemon
 
-    return asyncio.run(Daemon(config, reload_config=lambda: load_config(path)).run())
+    daemon = Daemon(config, reload_config=lambda: load_config(path), passed_socket=passed)
+    return asyncio.run(daemon.run())
 
 
 def _check_config(path: Path | None) -> int:
@@ -229,8 +236,9 @@ def _status(as_json: bool) -> int:
     print(f"{'IFNAME':<16} {'ADMIN':<5} {'CARRIER':<7} {'OPERSTATE':<14} {'MTU':>6}  ", end="")
     print(f"{'MAC':<17}  ADDRESSES")
     for r in rows:
+        # the kernel takes ESC and other control characters in a name: never raw to a terminal
         print(
-            f"{r['ifname']:<16} {'up' if r['admin_up'] else 'down':<5} "
+            f"{escape_controls(r['ifname']):<16} {'up' if r['admin_up'] else 'down':<5} "
             f"{'yes' if r['carrier'] else 'no':<7} {r['operstate']:<14} {r['mtu']:>6}  "
             f"{r['mac'] or '-':<17}  {' '.join(r['addresses'])}"
         )
@@ -296,10 +304,16 @@ def _daemon_line(daemons: list[tuple[int, bool | None]]) -> str:
 
 def _replay(path: Path) -> int:
     try:
-        data = path.read_bytes()
+        recording = path.open("rb")
     except OSError as exc:
         print(f"linkmond: {path}: {exc.strerror or exc}", file=sys.stderr)
         return 66  # EX_NOINPUT
+    with recording:
+        return _replay_from(path, recording)
+
+
+def _replay_from(path: Path, recording: BinaryIO) -> int:
+    """Decode ``recording`` in chunks (constant memory, whatever its size) to JSON lines."""
     configure_logs("warning", "auto")
     rtnl.load_system_names()
     factory = EventFactory(f"/linkmond/{socket.gethostname()}", current_netns_name())
@@ -315,17 +329,23 @@ def _replay(path: Path) -> int:
         out.write(b"".join(pending))
         pending.clear()
 
-    from linkmond.replay import ReplaySource
+    from linkmond.replay import ReadError, ReplaySource
 
     source = ReplaySource(Publisher(factory, publish))
     gc.disable()  # a short-lived run whose cache only grows: the collector would only re-walk it
     try:
-        source.feed(data)
+        source.feed_file(recording)
         flush()
         out.flush()
     except BrokenPipeError:  # `linkmond replay F | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except ReadError as exc:  # what was decoded before is out; the reason, as at open
+        with contextlib.suppress(OSError):
+            flush()
+            out.flush()
+        print(f"linkmond: {path}: {exc}", file=sys.stderr)
+        return 66
     if source.malformed or source.skipped_bytes:
         print(
             f"linkmond: {path}: skipped {source.malformed} malformed message(s) and "

@@ -28,7 +28,7 @@ from linkmond.filters import GlobFilter
 from linkmond.logs import configure as configure_logs
 from linkmond.notify import Notifier, watchdog_interval
 from linkmond.publisher import Publisher
-from linkmond.sinks import Sink, build_sink
+from linkmond.sinks import Sink, SinkError, build_sink
 from linkmond.source import current_netns_name
 from linkmond.watcher import NetnsWatcher, tune_gc
 
@@ -44,11 +44,25 @@ SWITCH_INTERVAL = 0.001
 STATUS_EVERY = 5.0
 
 
+class ReloadError(Exception):
+    """A reload cannot be carried out (a new sink cannot be built or started); the message
+    names the sink and the reason."""
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a reload failed, for the log: a config error's or our own message as it is,
+    anything else with its type (``ValueError: Port out of range 0-65535``)."""
+    if isinstance(exc, ConfigError | ReloadError | SinkError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 class Daemon:
     """One run of linkmond: a namespace watcher feeding a publisher feeding a fan-out of sinks.
 
     ``reload_config`` is called on SIGHUP for the new configuration (None: nothing to
-    re-read, SIGHUP only reopens files); ``sinks`` overrides building them from the config.
+    re-read, SIGHUP only reopens files); ``sinks`` overrides building them from the config;
+    ``passed_socket`` is the rtnetlink socket systemd created for ``linkmond.socket``.
     """
 
     def __init__(
@@ -56,6 +70,7 @@ class Daemon:
         config: Config,
         reload_config: Callable[[], Config] | None = None,
         sinks: dict[str, Sink] | None = None,
+        passed_socket: socket.socket | None = None,
     ) -> None:
         self.config = config
         self.reload_config = reload_config
@@ -73,6 +88,7 @@ class Daemon:
             groups=config.monitor.groups,
             receive_buffer=config.monitor.receive_buffer,
             backpressure=self.fanout,
+            passed_socket=passed_socket,
         )
         self.notifier = Notifier()
         self.stop_reason = ""
@@ -220,27 +236,44 @@ class Daemon:
 
         Sinks whose settings did not change keep their queues and state (and reopen their
         files, for logrotate); new or changed sinks start; removed ones drain and close.
+        Everything that can fail (reading the config, building and starting the new sinks)
+        happens before anything running is touched: a reload that fails for any reason is
+        logged with the reason, leaves no new sink running, and the old configuration goes on
+        (its files reopened all the same).
         """
         self.notifier.reloading()
         log.info("SIGHUP: reloading")
         try:
             new = self.reload_config() if self.reload_config else self.config
-            kept, started = await self._swap_sinks(new)
-        except ConfigError as exc:
-            log.error("reload rejected; the old configuration stays in force", error=str(exc))
+            interfaces = GlobFilter(new.monitor.interfaces)
+            unchanged, started = await self._start_sinks(new)
+        except Exception as exc:
+            log.error(
+                "reload rejected; the old configuration stays in force",
+                error=_reason(exc),
+                # a traceback only for what no check foresaw: it is a bug somewhere
+                **({} if isinstance(exc, ConfigError | ReloadError) else {"exc_info": exc}),
+            )
             self.fanout.reopen()
             self.notifier.ready(self.status_line())
             return
+        self._swap_sinks(new, unchanged, started)
         if list(new.monitor.groups) != list(self.config.monitor.groups):
             log.warning("[monitor] groups changed: takes effect at the next restart")
-        self.publisher.interfaces = GlobFilter(new.monitor.interfaces)
-        self.watcher.set_receive_buffer(new.monitor.receive_buffer)
+        self.publisher.interfaces = interfaces
+        try:
+            self.watcher.set_receive_buffer(new.monitor.receive_buffer)
+        except OSError as exc:
+            log.warning("receive buffer not changed", error=exc.strerror or str(exc))
         configure_logs(new.log.level, new.log.format)
         self.config = new
-        log.info("reloaded", kept=kept, started=started)
+        log.info("reloaded", kept=sorted(unchanged), started=sorted(w.name for w in started))
         self.notifier.ready(self.status_line())
 
-    async def _swap_sinks(self, new: Config) -> tuple[list[str], list[str]]:
+    async def _start_sinks(self, new: Config) -> tuple[set[str], list[SinkWorker]]:
+        """Build and start the sinks ``new`` adds or changes; returns the names of the sinks
+        kept as they are and the started workers. Raises (:class:`ConfigError`,
+        :class:`ReloadError`) with nothing left running: a started sink is closed again."""
         old = {w.name: w for w in self.fanout.workers}
         unchanged = {
             name
@@ -250,30 +283,47 @@ class Daemon:
             if name in old and old[name].options == options and options.type != "webhook"
         }
         state_directory = new.state_directory()
-        # build every new sink before touching the running ones: a failure changes nothing
-        fresh = {
-            name: build_sink(name, options, state_directory)
-            for name, options in new.sinks.items()
-            if name not in unchanged
-        }
-        workers = []
+        fresh: dict[str, Sink] = {}
         for name, options in new.sinks.items():
             if name in unchanged:
-                workers.append(old[name])
-            else:
-                worker = SinkWorker(name, fresh[name], options)
-                await worker.start()
-                workers.append(worker)
+                continue
+            try:
+                fresh[name] = build_sink(name, options, state_directory)
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise ReloadError(f"sinks.{name}: cannot build the sink: {_reason(exc)}") from exc
+        # webhooks last: a started one takes over its spool's delivery from the sink it
+        # replaces, which a rollback (another sink failing after it) could not give back
+        order = sorted(fresh, key=lambda name: new.sinks[name].type == "webhook")
+        started: list[SinkWorker] = []
+        try:
+            for name in order:
+                worker = SinkWorker(name, fresh[name], new.sinks[name])
+                try:
+                    await worker.start(strict=True)
+                except Exception as exc:
+                    raise ReloadError(f"sinks.{name}: cannot start: {_reason(exc)}") from exc
+                started.append(worker)
+        except BaseException:
+            await asyncio.gather(*(w.drain(0) for w in started))
+            raise
+        return unchanged, started
+
+    def _swap_sinks(self, new: Config, unchanged: set[str], started: list[SinkWorker]) -> None:
+        """Put the started workers in place of the ones they replace (nothing here fails)."""
+        old = {w.name: w for w in self.fanout.workers}
+        fresh = {w.name: w for w in started}
+        self.fanout.workers = [
+            old[name] if name in unchanged else fresh[name] for name in new.sinks
+        ]
+        for name in unchanged:
+            old[name].sink.reopen()
         retired = [w for name, w in old.items() if name not in unchanged]
-        self.fanout.workers = workers
-        for worker in workers:
-            if worker.name in unchanged:
-                worker.sink.reopen()
         if retired:  # drained in the background, together: a reload never waits for them
             task = asyncio.create_task(self._retire(retired, new.daemon.drain_timeout))
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
-        return sorted(unchanged), sorted(fresh)
 
     @staticmethod
     async def _retire(workers: list[SinkWorker], timeout: float) -> None:

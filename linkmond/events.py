@@ -9,6 +9,7 @@ fills them without re-validating its own output and formats ids and times by han
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable
 from typing import Any, Final, Generic, Literal, TypeVar, overload
@@ -205,11 +206,34 @@ def _value(value: Any) -> str:
     return str(value)
 
 
+#: control characters (C0, DEL, C1) and the backslash, as :func:`escape_controls` shows them
+_ESCAPES: Final = {
+    **{c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))},
+    ord("\\"): "\\\\",
+}
+_NEEDS_ESCAPE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` safe for a terminal: every control character (C0 U+0000-U+001F, DEL U+007F,
+    C1 U+0080-U+009F) as ``\\xNN``, and a backslash as ``\\\\`` so that the escape is
+    unambiguous. The kernel takes ESC, BEL and DEL in an interface name, which would otherwise
+    reach the operator's terminal raw (``lm\\x1b[31mx``). Other characters are kept."""
+    if _NEEDS_ESCAPE.search(text) is None:
+        return text
+    return text.translate(_ESCAPES)
+
+
 def describe(event: Event) -> str:
-    """The human line of an event, as the console and the journal's MESSAGE show it.
+    """The human line of an event, as the console and the journal's MESSAGE show it, with
+    control characters escaped (:func:`escape_controls`).
 
     ``link eth0: carrier lost (admin up)``
     """
+    return escape_controls(_describe(event))
+
+
+def _describe(event: Event) -> str:
     group, _, kind = event.type.partition(".")
     d = event.data
     subject = event.subject

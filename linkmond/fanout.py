@@ -8,6 +8,12 @@ socket until :meth:`Fanout.on_unblocked` calls back, once every such queue has d
 half. Each worker delivers batches in order and retries a failing sink with backoff; one
 sink failing never touches another sink's events, though a failing ``block`` sink keeps the
 reader paused (the kernel's buffer then overflows and the re-dump catches up later).
+
+Whatever a sink's ``emit`` raises (:class:`SinkError`, a bug's exception, even a
+``CancelledError`` nobody asked for) is a failed delivery: the batch is retried after an
+exponential backoff capped at :data:`RETRY_MAX`, and the failure is logged at a bounded rate
+(the first of a streak, then a reminder every :data:`FAILURE_LOG_EVERY` seconds while it
+lasts, with counts). Only a cancellation of the worker itself (drain, shutdown) ends it.
 """
 
 from __future__ import annotations
@@ -30,8 +36,11 @@ log = structlog.get_logger("linkmond.fanout")
 
 #: events handed to a sink at once: large batches let a sink write one block (file, console)
 BATCH_MAX: Final = 2048
+#: a failed delivery is retried after this many seconds, doubling up to RETRY_MAX
 RETRY_INITIAL: Final = 0.2
 RETRY_MAX: Final = 30.0
+#: at most one log line about one sink's failures per this many seconds (counts in the next)
+FAILURE_LOG_EVERY: Final = 60.0
 
 
 class EventQueue:
@@ -81,7 +90,8 @@ class HoldDown:
     event before the sink's type filter, so a sink that does not want recoveries still has its
     flaps damped. The count rides on the next event delivered for that link as
     ``data.flaps_suppressed``. A held loss keeps its id, seq and time, so it arrives after
-    events that happened later.
+    events that happened later. What it keeps about a link is forgotten with the link
+    (``link.removed``), so it holds state only for links that exist.
     """
 
     def __init__(
@@ -119,6 +129,16 @@ class HoldDown:
             self.held[link] = (event, handle)
             return
         self._deliver(event, link)
+        if event.type == "link.removed":
+            self.forget(link)
+
+    def forget(self, link: int) -> None:
+        """``link`` was removed: deliver a loss still held for it and keep nothing more about
+        it (its flap count would otherwise stay forever, or pass to the next link the kernel
+        gives its ifindex)."""
+        self.release(link)
+        self.flaps.pop(link, None)
+        self._quiet_until.pop(link, None)
 
     def release(self, link: int) -> None:
         """Deliver the loss held for ``link`` now (its hold-down expired, or shutdown)."""
@@ -137,6 +157,25 @@ class HoldDown:
             return
         flaps = self.flaps.pop(link, 0)
         self.deliver(with_data(event, flaps_suppressed=flaps) if flaps else event)
+
+
+def _delivered(error: BaseException, batch: int) -> int:
+    """How many events of a failed batch got through: what a :class:`SinkError` says (kept
+    within the batch), none for anything else."""
+    if isinstance(error, SinkError) and isinstance(error.delivered, int):
+        return min(max(error.delivered, 0), batch)
+    return 0
+
+
+def _describe_error(error: BaseException) -> str:
+    """A sink's own message for a :class:`SinkError`; type and message for anything else."""
+    try:
+        text = str(error)
+    except Exception:
+        text = "(unprintable)"
+    if isinstance(error, SinkError):
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 @dataclass
@@ -185,12 +224,19 @@ class SinkWorker:
         self._task: asyncio.Task[None] | None = None
         self._in_flight = 0  # events of the batch being delivered, not yet through
         self._idle = asyncio.Event()  # set while the worker waits with nothing to deliver
+        self._streak_start: float | None = None  # when the current run of failures began
+        self._streak_failures = 0
+        self._streak_logged = False  # a line about this streak was written
+        self._last_logged: float | None = None  # when a failure of this sink was last logged
+        self._unlogged_streaks = 0  # streaks not logged since then (a sink failing again and again)
 
     def offer(self, event: Event) -> None:
         """Queue ``event`` if the filters let it through (a full queue drops or blocks)."""
         if not self.interfaces.matches_all:
             ifname = event.ifname
             if ifname is not None and not self.interfaces.match(ifname):
+                if self.hold_down is not None and event.type == "link.removed":
+                    self.hold_down.forget(event.data["ifindex"])  # renamed out of the filter
                 return
         if self.hold_down is not None:
             self.hold_down.offer(event)  # it applies the type filter itself, after damping
@@ -248,15 +294,36 @@ class SinkWorker:
         if (over or high) and self.fanout is not None:
             self.fanout._count(-1 if over else 0, -1 if high else 0)
 
-    async def start(self) -> None:
-        """Start the sink (a failure is logged; delivery retries it) and the worker task."""
+    async def start(self, *, strict: bool = False) -> None:
+        """Start the sink and the worker task.
+
+        A sink that fails to start is logged and retried on delivery: the daemon starts with
+        what it has. With ``strict`` (a reload, which can keep the sink it would replace) the
+        sink is closed again, the error raised, and no task started.
+        """
         try:
             await self.sink.start()
         except Exception as exc:
+            if strict:
+                await self._close_sink()
+                raise
             log.error(
-                "sink failed to start; will retry on delivery", sink=self.name, error=str(exc)
+                "sink failed to start; will retry on delivery",
+                sink=self.name,
+                error=_describe_error(exc),
             )
         self._task = asyncio.create_task(self._run(), name=f"sink:{self.name}")
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():  # drain or shutdown
+            return
+        log.error(
+            "sink worker ended unexpectedly; nothing more is delivered to this sink",
+            sink=self.name,
+            queued=len(self.queue),
+            exc_info=task.exception(),
+        )
 
     async def _run(self) -> None:
         while True:
@@ -268,32 +335,95 @@ class SinkWorker:
 
     async def _deliver(self, batch: list[Event]) -> None:
         delay = RETRY_INITIAL
-        failing = False
         while batch:
             self._in_flight = len(batch)
+            error: BaseException
             try:
                 await self.sink.emit(batch)
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():  # drain or shutdown: stop here
+                    raise
+                error = exc  # a future inside the sink was cancelled: a failed delivery
             except Exception as exc:
-                delivered = exc.delivered if isinstance(exc, SinkError) else 0
-                self.counters.delivered += delivered
-                batch = batch[delivered:]
-                self.counters.failures += 1
-                if not failing:
-                    log.error(
-                        "sink failed; retrying",
-                        sink=self.name,
-                        error=str(exc),
-                        pending=len(batch) + len(self.queue),
-                    )
-                failing = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
-                continue
-            self.counters.delivered += len(batch)
-            self._in_flight = 0
-            if failing:
-                log.info("sink recovered", sink=self.name)
+                error = exc
+            else:
+                self.counters.delivered += len(batch)
+                self._in_flight = 0
+                self._recovered()
+                return
+            delivered = _delivered(error, len(batch))
+            self.counters.delivered += delivered
+            self.counters.failures += 1
+            batch = batch[delivered:]
+            self._failed(error, pending=len(batch) + len(self.queue))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+        self._in_flight = 0
+
+    def _failed(self, error: BaseException, pending: int) -> None:
+        """Count a failed delivery; log it if this sink's last line is old enough.
+
+        The first failure of a streak is logged (with the traceback if it is not a
+        :class:`SinkError`: a bug somewhere), then a reminder every FAILURE_LOG_EVERY while
+        the streak lasts. A sink that fails again and again between successes logs its first
+        streak and counts the rest (``unlogged_streaks`` in its next line).
+        """
+        now = asyncio.get_running_loop().time()
+        self._streak_failures += 1
+        due = self._last_logged is None or now - self._last_logged >= FAILURE_LOG_EVERY
+        if self._streak_start is None:
+            self._streak_start = now
+            if not due:
+                self._unlogged_streaks += 1
+                return
+            extra: dict[str, object] = {}
+            if not isinstance(error, SinkError):
+                extra["exc_info"] = error
+            if self._unlogged_streaks:
+                extra["unlogged_streaks"] = self._unlogged_streaks
+            log.error(
+                "sink failed; retrying",
+                sink=self.name,
+                error=_describe_error(error),
+                pending=pending,
+                **extra,
+            )
+        elif due:
+            log.error(
+                "sink still failing",
+                sink=self.name,
+                error=_describe_error(error),
+                failures=self._streak_failures,
+                failing_for=round(now - self._streak_start, 3),
+                pending=pending,
+            )
+        else:
             return
+        self._last_logged = now
+        self._unlogged_streaks = 0
+        self._streak_logged = True
+
+    def _recovered(self) -> None:
+        """A delivery went through: a failure streak (if any) is over."""
+        if self._streak_start is None:
+            return
+        if self._streak_logged:
+            log.info(
+                "sink recovered",
+                sink=self.name,
+                failures=self._streak_failures,
+                failed_for=round(asyncio.get_running_loop().time() - self._streak_start, 3),
+            )
+        self._streak_start = None
+        self._streak_failures = 0
+        self._streak_logged = False
+
+    async def _close_sink(self) -> None:
+        try:
+            await self.sink.aclose()
+        except Exception as exc:
+            log.error("sink failed to close", sink=self.name, error=_describe_error(exc))
 
     async def drain(self, timeout: float) -> int:
         """Wait up to ``timeout`` s for the queue to empty, then stop; returns events left.
@@ -313,10 +443,7 @@ class SinkWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._settle()
-        try:
-            await self.sink.aclose()
-        except Exception as exc:
-            log.error("sink failed to close", sink=self.name, error=str(exc))
+        await self._close_sink()
         return left
 
 
@@ -414,11 +541,14 @@ class Fanout:
         """Whether any sink would take an event of this type about this interface.
 
         The publisher asks before it builds an event, so an event no sink wants costs
-        nothing. A sink with hold-down sees every link event (recoveries cancel held losses).
+        nothing. A sink with hold-down sees every link event of its interfaces (recoveries
+        cancel held losses), and every removal of a link (it forgets the link).
         """
         if self._takes_everything:
             return True
         for worker in self._workers:
+            if worker.hold_down is not None and type_ == "link.removed":
+                return True  # it forgets the link, whatever its filters say
             interfaces = worker.interfaces
             if ifname is not None and not interfaces.matches_all and not interfaces.match(ifname):
                 continue

@@ -5,6 +5,7 @@ others."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -521,9 +522,11 @@ def _read_fifo_until(
 def test_sigterm_drains_a_backlog_queued_behind_a_stalled_sink(
     ns: NetNS, daemon_factory, tmp_path: Path
 ) -> None:
-    """The events file is a FIFO nobody reads while the changes happen: the pipe fills, the
-    sink's writes block and the rest waits in its queue. After SIGTERM the reader comes back,
-    and every event must still arrive, followed by daemon.stopping, before the exit."""
+    """The daemon's stdout is a FIFO nobody reads while the changes happen, and a lossless
+    console sink writes JSON lines there (a file sink appends only to regular files): the pipe
+    fills, the sink's writes block and the rest waits in its queue. After SIGTERM the reader
+    comes back, and every event must still arrive, followed by daemon.stopping, before the
+    exit."""
     fifo = tmp_path / "events.fifo"
     os.mkfifo(fifo)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so the daemon's open() need not wait
@@ -531,9 +534,11 @@ def test_sigterm_drains_a_backlog_queued_behind_a_stalled_sink(
     holder = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
     try:
         daemon: Daemon = daemon_factory(
-            config=default_config(fifo, extra='\n[daemon]\ndrain_timeout = "20s"\n'),
+            config='[daemon]\ndrain_timeout = "20s"\n\n[sinks.console]\ntype = "console"\n'
+            'json = true\nbuffer = { when_full = "block" }\n',
             start=False,
         )
+        daemon.stdout_path = fifo
         daemon.start(wait_started=False)
         got = bytearray()
         _read_fifo_until(reader, got, lambda b: b"daemon.started" in b, timeout=15)
@@ -568,7 +573,7 @@ def test_sigterm_drains_a_backlog_queued_behind_a_stalled_sink(
     assert events[-1]["type"] == "daemon.stopping"
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     # the backlog was real: when daemon.stopping was made, most events were not yet written
-    assert events[-1]["data"]["sinks"]["file"]["delivered"] < len(names)
+    assert events[-1]["data"]["sinks"]["console"]["delivered"] < len(names)
 
 
 @pytest.mark.netns
@@ -604,9 +609,22 @@ def test_sighup_reopens_the_events_file_after_logrotate_moved_it(ns: NetNS, daem
 def test_a_sink_whose_disk_is_full_does_not_stop_the_others(
     ns: NetNS, daemon_factory, tmp_path: Path
 ) -> None:
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(full)], check=True)
+    try:
+        _test_a_full_disk(ns, daemon_factory, tmp_path, full)
+    finally:
+        subprocess.run(["umount", "--lazy", str(full)], check=False)
+
+
+def _test_a_full_disk(ns: NetNS, daemon_factory, tmp_path: Path, full: Path) -> None:
+    with (full / "filler").open("wb", buffering=0) as filler, contextlib.suppress(OSError):
+        while True:  # until the disk is full
+            filler.write(b"x" * 4096)
     config = default_config(
         tmp_path / "events.jsonl",
-        extra='\n[sinks.full]\ntype = "file"\npath = "/dev/full"\n\n'
+        extra=f'\n[sinks.full]\ntype = "file"\npath = "{full / "events.jsonl"}"\n\n'
         '[daemon]\ndrain_timeout = "1s"\n',
     )
     ns.veth("lm0", "lm0p")
@@ -624,7 +642,7 @@ def test_a_sink_whose_disk_is_full_does_not_stop_the_others(
             for line in daemon.stderr().splitlines()
         )
 
-    wait_for(failure_logged, what="the /dev/full sink's failure in the daemon's log")
+    wait_for(failure_logged, what="the full sink's failure in the daemon's log")
     assert daemon.proc is not None
     assert daemon.proc.poll() is None, "the daemon died with its failing sink"
     ns.ip("link", "set", "lm0p", "up")

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import socket
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,12 +21,13 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
+from structlog.testing import capture_logs
 
 from linkmond import rtnl
 from linkmond.decode import DecodeError, decode, read_errno, split_messages
 from linkmond.events import Event, EventFactory
 from linkmond.publisher import Publisher
-from linkmond.replay import ReplaySource
+from linkmond.replay import CHUNK_SIZE, ReplaySource
 from linkmond.routes import Hop
 from linkmond.scheduler import DumpScheduler
 from linkmond.source import NetlinkSocket
@@ -1070,3 +1073,107 @@ def test_replay_of_a_clean_recording_skips_nothing() -> None:
     source, events = make_replay()
     source.feed(_recording(10))
     assert (len(events), source.malformed, source.skipped_bytes) == (10, 0, 0)
+
+
+# -- replay reads a recording in chunks, exactly as the whole file --------------------------------
+
+
+def _stamp(seconds: int) -> bytes:
+    """rtmon's NLMSG_TSTAMP record: seconds and microseconds of what follows."""
+    return nlmsg(rtnl.NLMSG_TSTAMP, struct.pack("=II", seconds, 0))
+
+
+def _noop(size: int) -> bytes:
+    """A record of ``size`` bytes (a multiple of 4) that decodes to nothing: bulk, cheaply."""
+    return nlmsg(rtnl.NLMSG_NOOP, bytes(size - 16))
+
+
+def _large_damaged_recording() -> tuple[bytes, list[tuple[int, int]]]:
+    """~9 MiB as rtmon writes it: a dump of lm0, then carrier flips of lm0 (an event each)
+    after timestamps, between records of up to 1 MiB (the longest a message may be), and
+    damaged in every way replay must survive. Returns it with the (start, end) of every run
+    of damage."""
+    rng = random.Random(9)
+    down = link_msg(rtnl.IFF_UP | IFF_BROADCAST | IFF_MULTICAST, "LOWERLAYERDOWN")
+    up = link_msg(UP_FLAGS, "UP")
+    out = bytearray(
+        _stamp(1_700_000_000)
+        + encode(
+            ifinfmsg,
+            rtnl.RTM_NEWLINK,
+            {"family": 0, "index": 3, "flags": UP_FLAGS, "change": 0},
+            [("IFLA_IFNAME", "lm0"), ("IFLA_MTU", 1500), ("IFLA_OPERSTATE", "UP")],
+            flags=rtnl.NLM_F_MULTI,
+        )
+    )
+    damage: list[tuple[int, int]] = []
+
+    def spoil(data: bytes) -> None:
+        damage.append((len(out), len(out) + len(data)))
+        out.extend(data)
+
+    t = 1_700_000_001
+    for n in range(10**6):
+        if len(out) >= 9 << 20:
+            break
+        for _ in range(rng.randint(1, 400)):
+            out.extend(_stamp(t) + down + _stamp(t + 1) + up)
+            t += 2
+        out.extend(_noop(rng.choice([1 << 20, rng.randrange(64, 1 << 20, 4)])))
+        kind = n % 5
+        if kind == 0:  # bytes no header can be framed from, up to 2.5 MiB of them
+            spoil(rng.randbytes(rng.choice([1, 3, 4093, 70_000, 5 << 19])))
+        elif kind == 1:  # a length that overruns everything
+            message = bytearray(down)
+            struct.pack_into("=I", message, 0, 0xFFFFFF)
+            spoil(bytes(message))
+        elif kind == 2:  # a plausible header of the longest length, then garbage
+            spoil(
+                struct.pack("=IHHII", 1 << 20, rtnl.RTM_NEWLINK, 0, 0, 0)
+                + rng.randbytes(rng.randrange(16, 3 << 20))
+            )
+        elif kind == 3:  # a timestamp record too short to hold a time, a message cut short
+            out.extend(nlmsg(rtnl.NLMSG_TSTAMP, b"\0\0\0\0"))
+            out.extend(nlmsg(rtnl.RTM_NEWLINK, FIXED_HEADERS["link"][1] + struct.pack("=HH", 0, 3)))
+    spoil(up[:-7])  # the recorder was killed mid-write
+    return bytes(out), damage
+
+
+def _replayed(feed: Any) -> tuple[list[tuple[Any, ...]], tuple[int, int, int], list[Any]]:
+    """What ``feed(source)`` makes of a recording: the events, the counters, the warnings
+    (a decoder's error names a position in the buffer it was given: left out)."""
+    source, events = make_replay()
+    with capture_logs() as logs:
+        feed(source)
+    counts = (source.messages, source.malformed, source.skipped_bytes)
+    for entry in logs:
+        if "error" in entry:
+            entry["error"] = re.sub(r" at \d+", " at N", entry["error"])
+    return [(e.type, e.subject, e.seq, e.time, e.data) for e in events], counts, logs
+
+
+def test_replay_from_a_file_in_chunks_decodes_exactly_as_the_whole_file(tmp_path: Path) -> None:
+    data, damage = _large_damaged_recording()
+    path = tmp_path / "damaged.rtmon"
+    path.write_bytes(data)
+    whole = _replayed(lambda source: source.feed(data))
+    events, (_, malformed, skipped), warnings = whole
+    assert len(events) > 1000
+    assert {e[0] for e in events} == {"link.carrier_lost", "link.carrier_up"}
+    assert malformed > 0
+    assert skipped > 0
+    assert warnings
+
+    for chunk in (65_521, 1_000_003, 3 << 20, None):
+        size = chunk or CHUNK_SIZE
+        assert size < len(data)
+        # records and runs of damage cross the boundaries between two reads
+        assert any(start // size != (end - 1) // size for start, end in damage), size
+        with path.open("rb") as f:
+            if chunk is None:
+                streamed = _replayed(lambda source, f=f: source.feed_file(f))
+            else:
+                streamed = _replayed(lambda source, f=f, n=chunk: source.feed_file(f, n))
+        assert streamed[1] == whole[1], chunk
+        assert streamed[2] == whole[2], chunk
+        assert streamed[0] == whole[0], chunk

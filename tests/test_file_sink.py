@@ -106,14 +106,17 @@ async def test_a_torn_last_line_left_by_a_killed_writer_is_ended_not_glued_to(
     assert ours == [e.seq for e in events] + [events[0].seq]
 
 
-async def test_a_device_that_is_always_full_delivers_nothing() -> None:
+async def test_a_device_is_not_a_file_to_append_to() -> None:
+    """/dev/full once stood in for a full disk; a character device is refused like any file
+    that is not a regular one (a full disk: the tmpfs tests below)."""
     factory = EventFactory("/linkmond/t", "default")
     sink = FileSink(Path("/dev/full"))
-    await sink.start()
+    with pytest.raises(SinkError, match="refusing to append to /dev/full: it is not a regular"):
+        await sink.start()
     with pytest.raises(SinkError) as failure:
         await sink.emit([factory.make("addr.added", "lm0", {"ifindex": 2}) for _ in range(5)])
     assert failure.value.delivered == 0
-    assert "No space left on device" in str(failure.value)
+    assert "not a regular file" in str(failure.value)
     await sink.aclose()
 
 
@@ -181,3 +184,32 @@ async def test_a_disk_filling_up_in_a_later_chunk_counts_every_whole_line_before
     await sink.emit(events[delivered:])
     await sink.aclose()
     assert seqs_in(path) == [e.seq for e in events]  # every line once, in order
+
+
+async def test_a_symlink_is_never_followed_at_start_nor_at_a_reopen(tmp_path: Path) -> None:
+    factory = EventFactory("/linkmond/t", "default")
+    events = [factory.make("addr.added", "lm0", {"ifindex": 2}) for _ in range(3)]
+    target = tmp_path / "precious"
+    target.write_bytes(b"keep me\n")
+    path = tmp_path / "events.jsonl"
+    path.symlink_to(target)
+    sink = FileSink(path)
+    with pytest.raises(SinkError, match=f"refusing to append to {path}: it is a symlink"):
+        await sink.start()
+    with pytest.raises(SinkError, match="symlink"):
+        await sink.emit(events)
+
+    path.unlink()  # gone: the retry creates the file
+    await sink.emit(events[:1])
+    path.rename(tmp_path / "events.jsonl.1")  # logrotate moves it away ...
+    path.symlink_to(target)  # ... and a symlink takes its place before the reopen
+    sink.reopen()
+    with pytest.raises(SinkError, match="symlink") as failure:
+        await sink.emit(events[1:])
+    assert failure.value.delivered == 0
+    path.unlink()
+    await sink.emit(events[1:])
+    await sink.aclose()
+    assert target.read_bytes() == b"keep me\n"
+    assert seqs_in(tmp_path / "events.jsonl.1") == [events[0].seq]
+    assert seqs_in(path) == [e.seq for e in events[1:]]

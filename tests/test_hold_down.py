@@ -5,13 +5,26 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from linkmond.config import FileSinkConfig
 from linkmond.events import Event, EventFactory
-from linkmond.fanout import HoldDown
+from linkmond.fanout import Fanout, HoldDown, SinkWorker
+from linkmond.sinks.base import Sink
 from tests.helpers import Daemon, NetNS, default_config, wait_for
+
+
+class Recorder(Sink):
+    """Keeps what it receives."""
+
+    def __init__(self) -> None:
+        self.received: list[Event] = []
+
+    async def emit(self, events: Sequence[Event]) -> None:
+        self.received.extend(events)
 
 
 def link_event(factory: EventFactory, type_: str, ifindex: int = 3) -> Event:
@@ -85,6 +98,85 @@ async def test_flaps_are_damped_even_when_the_sink_does_not_want_recoveries() ->
     hold.release_all()
     assert [e.type for e in delivered] == ["link.carrier_lost"]
     assert delivered[0].data["flaps_suppressed"] == 1
+
+
+async def test_hold_down_state_is_forgotten_with_the_link() -> None:
+    """50,000 links each flap once and are removed, and the sink does not want
+    ``link.removed``: nothing of them may stay behind (each left a flap count before)."""
+    factory = EventFactory("/linkmond/t", "default")
+    delivered: list[Event] = []
+    wanted = {"link.carrier_lost", "link.carrier_up", "link.admin_down", "link.admin_up"}
+    hold = HoldDown(10, delivered.append, wanted.__contains__)
+    admin_flap = {"admin_up": [True, False], "carrier": [True, False]}
+    for ifindex in range(100, 50_100):
+        if ifindex % 2:
+            hold.offer(link_event(factory, "link.carrier_lost", ifindex))
+            hold.offer(link_event(factory, "link.carrier_up", ifindex))
+        else:  # an admin flap also waits for the carrier_up that follows admin_up
+            hold.offer(
+                factory.make(
+                    "link.admin_down",
+                    "lm0",
+                    {"ifindex": ifindex, "ifname": "lm0", "changes": admin_flap},
+                )
+            )
+            hold.offer(link_event(factory, "link.admin_up", ifindex))
+        hold.offer(link_event(factory, "link.removed", ifindex))
+    assert delivered == []
+    assert (len(hold.flaps), len(hold.held), len(hold._quiet_until)) == (0, 0, 0)
+
+
+async def test_a_removed_links_flap_count_rides_on_its_removal_never_on_a_successor() -> None:
+    factory = EventFactory("/linkmond/t", "default")
+    delivered: list[Event] = []
+    hold = HoldDown(10, delivered.append, lambda _: True)
+    hold.offer(link_event(factory, "link.carrier_lost", ifindex=3))
+    hold.offer(link_event(factory, "link.carrier_up", ifindex=3))
+    hold.offer(link_event(factory, "link.removed", ifindex=3))
+    assert [e.type for e in delivered] == ["link.removed"]
+    assert delivered[0].data["flaps_suppressed"] == 1
+
+    # a sink that does not want link.removed: the count goes with the link
+    delivered.clear()
+    hold = HoldDown(10, delivered.append, lambda type_: type_ != "link.removed")
+    hold.offer(link_event(factory, "link.carrier_lost", ifindex=3))
+    hold.offer(link_event(factory, "link.carrier_up", ifindex=3))
+    hold.offer(link_event(factory, "link.removed", ifindex=3))
+    # the kernel reuses the ifindex for a new link: a clean slate, whose own flaps count
+    hold.offer(link_event(factory, "link.added", ifindex=3))
+    assert [e.type for e in delivered] == ["link.added"]
+    assert "flaps_suppressed" not in delivered[0].data
+    hold.offer(link_event(factory, "link.carrier_lost", ifindex=3))
+    hold.offer(link_event(factory, "link.carrier_up", ifindex=3))
+    hold.offer(link_event(factory, "link.changed", ifindex=3))
+    assert [e.type for e in delivered] == ["link.added", "link.changed"]
+    assert delivered[1].data["flaps_suppressed"] == 1
+
+
+async def test_a_sink_forgets_a_link_whose_removal_its_interface_filter_drops() -> None:
+    """Renamed out of the sink's ``interfaces`` before it was removed: the removal never
+    reaches the hold-down, which must forget the link all the same."""
+    factory = EventFactory("/linkmond/t", "default")
+    options = FileSinkConfig(
+        type="file", path=Path("/nonexistent/unused"), interfaces=["eth*"], hold_down=10
+    )
+    worker = SinkWorker("held", Recorder(), options)
+    hold = worker.hold_down
+    assert hold is not None
+
+    def named(type_: str, ifname: str) -> Event:
+        return factory.make(type_, ifname, {"ifindex": 5, "ifname": ifname})
+
+    worker.offer(named("link.carrier_lost", "eth0"))
+    worker.offer(named("link.carrier_up", "eth0"))
+    assert hold.flaps == {5: 1}
+    worker.offer(named("link.changed", "wan0"))  # renamed: filtered out from here on
+    # the publisher builds the removal for it all the same (it asks the fan-out first)
+    fanout = Fanout([worker])
+    assert not fanout.wants("link.changed", "wan0")
+    assert fanout.wants("link.removed", "wan0")
+    worker.offer(named("link.removed", "wan0"))
+    assert hold.flaps == {}
 
 
 def _read(path: Path) -> list[dict]:

@@ -340,6 +340,31 @@ def test_interface_fields_are_omitted_for_events_without_an_interface() -> None:
         assert len(names) == len(set(names))
 
 
+#: what the kernel takes in an interface name: ESC (a colour sequence), BEL, DEL, a C1 control
+#: (CSI, U+009B) and a backslash
+HOSTILE_NAME = "a\x1b[31mb\x07\x7f\u009bc\\"
+
+
+def test_message_escapes_control_characters_and_the_other_fields_keep_the_exact_name() -> None:
+    f = factory()
+    lost = f.make(
+        "link.carrier_lost",
+        HOSTILE_NAME,
+        {"ifindex": 7, "ifname": HOSTILE_NAME, "admin_up": True, "carrier": False},
+    )
+    fields = dict(JournalSink(Path(SOCKET)).fields(lost))
+    assert fields["MESSAGE"] == "link a\\x1b[31mb\\x07\\x7f\\x9bc\\\\: carrier lost (admin up)"
+    assert not any(c < " " or "\x7f" <= c <= "\x9f" for c in fields["MESSAGE"])
+    assert fields["MESSAGE"] == describe(lost)
+    # the structured fields are for programs: the exact name (LINKMOND_JSON as JSON escapes it)
+    assert fields["LINKMOND_IFNAME"] == HOSTILE_NAME
+    assert json.loads(fields["LINKMOND_JSON"])["subject"] == HOSTILE_NAME
+    # an event describe() cannot handle falls back to type and subject, escaped as well
+    broken = f.make("link.carrier_lost", HOSTILE_NAME, {"ifindex": 7, "ifname": HOSTILE_NAME})
+    message = dict(JournalSink(Path(SOCKET)).fields(broken))["MESSAGE"]
+    assert message == "link.carrier_lost a\\x1b[31mb\\x07\\x7f\\x9bc\\\\"
+
+
 def test_priority_is_warning_for_losses_info_otherwise_and_globs_override_in_order() -> None:
     default = JournalSink(Path(SOCKET))
     for type_ in EVENT_TYPES:
@@ -516,6 +541,13 @@ def test_journalctl_x_explains_a_carrier_loss_from_the_catalog(
 def test_multi_line_values_round_trip_through_the_binary_safe_encoding(
     journal: PrivateJournal,
 ) -> None:
+    """MESSAGE escapes a line break like any control character; a field that holds one (here
+    a field of a test's own) travels in the binary-safe form and arrives whole."""
+
+    class WithNote(JournalSink):
+        def fields(self, event: Event) -> list[tuple[str, str]]:
+            return [*super().fields(event), ("LINKMOND_NOTE", "first line\nsecond line\n\nend")]
+
     f = factory()
     multi = f.make("daemon.stopping", "linkmond", {"reason": "first line\nsecond line\n\nend"})
     unicode = f.make(
@@ -529,12 +561,13 @@ def test_multi_line_values_round_trip_through_the_binary_safe_encoding(
             "resync": False,
         },
     )
-    sink = JournalSink(journal.outside(SOCKET))
+    sink = WithNote(journal.outside(SOCKET))
     asyncio.run(sink.emit([multi, unicode]))
     asyncio.run(sink.aclose())
 
     entry = journal.by_event_id(multi.id)
-    assert entry["MESSAGE"] == "daemon: stopping (first line\nsecond line\n\nend)"
+    assert entry["MESSAGE"] == "daemon: stopping (first line\\x0asecond line\\x0a\\x0aend)"
+    assert entry["LINKMOND_NOTE"] == "first line\nsecond line\n\nend"
     assert json.loads(entry["LINKMOND_JSON"]) == json.loads(multi.json_line)
     changed = journal.by_event_id(unicode.id)
     assert changed["MESSAGE"] == "link lm9: changed mtu 1500 → 9000"

@@ -1,5 +1,7 @@
 """Console sink: one human line per event (``[22:28:19.464] link eth0: carrier lost (admin up)``)
-or, with ``json``, the event's JSON line."""
+or, with ``json``, the event's JSON line. The human line shows control characters escaped
+(``\\x1b``, see :func:`linkmond.events.escape_controls`), so an interface name cannot drive
+the terminal; the JSON line is left as JSON writes it (``\\u001b``)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from linkmond.sinks.base import Sink, SinkError
 
 
 def human_line(event: Event) -> str:
-    """The console form: the event's UTC time of day to the millisecond, then its description."""
+    """The console form: the event's UTC time of day to the millisecond, then its description
+    (control characters escaped)."""
     return f"[{event.time[11:23]}] {describe(event)}"
 
 

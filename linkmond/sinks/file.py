@@ -7,6 +7,12 @@ whole line and the retry appends exactly the lines that did not make it. (A writ
 mid-write cannot do that: the next open ends its torn line, see ``_mend``.) logrotate's
 ``copytruncate`` is safe too. SIGHUP reopens the path (logrotate's ``create`` mode). Writes
 happen in a worker thread: a slow disk never stalls the event loop.
+
+The path is opened by :func:`linkmond.safefile.open_append`, at start and at every reopen: a
+symlink there is never followed, and only a regular file of the daemon's own user is appended
+to (one the daemon creates is 0640 whatever the umask). Whoever may write the directory, a
+daemon running as root must not append its events to a file they point it at. A refused file
+fails like a full disk: :class:`SinkError` names the path and why, and the worker retries.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from linkmond.events import Event
+from linkmond.safefile import LOG_MODE, UnsafeFileError, open_append
 from linkmond.sinks.base import Sink, SinkError
 
 #: at most this much per ``os.write`` (a longer line is written alone): a batch is normally
@@ -49,10 +56,16 @@ class FileSink(Sink):
         self._syncer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Open the file now, so a bad path is reported at start-up, and start the syncer."""
+        """Open the file now, so a bad path is reported at start-up, and start the syncer.
+
+        Raises :class:`SinkError` naming the path and the reason (a refused file included).
+        """
         if self.fsync == "interval":
             self._syncer = asyncio.create_task(self._sync_every_interval())
-        await asyncio.to_thread(self._ensure_open)
+        try:
+            await asyncio.to_thread(self._ensure_open)
+        except OSError as exc:
+            raise SinkError(f"{self.path}: {exc.strerror or exc}") from exc
 
     def _ensure_open(self) -> int:
         if self._fd is not None and self._reopen:
@@ -61,7 +74,10 @@ class FileSink(Sink):
         self._reopen = False
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            try:
+                fd = open_append(self.path, LOG_MODE)
+            except UnsafeFileError as exc:
+                raise SinkError(f"refusing to append to {self.path}: it {exc.strerror}") from None
             try:
                 self._mend(fd)
             except OSError:
@@ -79,7 +95,8 @@ class FileSink(Sink):
         if not stat.S_ISREG(st.st_mode) or not st.st_size:
             return
         try:  # the write descriptor cannot read; the same file, opened to read its last byte
-            reader = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            # (never following a symlink, nor waiting on a FIFO swapped in meanwhile)
+            reader = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return  # not readable for us: leave it as it is
         try:

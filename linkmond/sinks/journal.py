@@ -1,8 +1,10 @@
 """Journal sink: the systemd journal's native protocol (systemd's JOURNAL_NATIVE_PROTOCOL).
 
 Each event becomes one entry: ``MESSAGE`` (the human line, as the console prints it without
-its time), ``PRIORITY``, ``SYSLOG_IDENTIFIER=linkmond``, a fixed ``MESSAGE_ID`` per event type
-(explained by ``systemd/linkmond.catalog`` for ``journalctl -x``) and ``LINKMOND_*`` fields.
+its time, control characters escaped as ``\\xNN``), ``PRIORITY``, ``SYSLOG_IDENTIFIER=linkmond``,
+a fixed ``MESSAGE_ID`` per event type (explained by ``systemd/linkmond.catalog`` for
+``journalctl -x``) and ``LINKMOND_*`` fields, which keep the exact values
+(``LINKMOND_IFNAME=`` is the name as the kernel has it).
 
 The protocol: one ``AF_UNIX``/``SOCK_DGRAM`` datagram per entry to journald's socket. A field
 is ``KEY=value\\n``, or, when the value holds a newline, ``KEY\\n``, its length as a 64-bit
@@ -13,7 +15,7 @@ empty datagram.
 The socket is non-blocking and waits for writability on the event loop, so a stuck journald
 never stalls the loop; after ``send_timeout`` seconds without progress, or when journald
 is absent (no socket, ``ECONNREFUSED``), :meth:`JournalSink.emit` raises :class:`SinkError`
-and the shared worker retries with backoff, logging once per failure streak.
+and the shared worker retries with backoff, logging at a bounded rate.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Final
 
-from linkmond.events import Event, describe
+from linkmond.events import Event, describe, escape_controls
 from linkmond.sinks.base import Sink, SinkError
 
 #: one fixed MESSAGE_ID per event type (generated once, never at run time); the catalog
@@ -131,7 +133,7 @@ class JournalSink(Sink):
         try:
             message = describe(event)
         except Exception:  # a malformed payload must not wedge the sink in retries
-            message = f"{event.type} {event.subject}"
+            message = escape_controls(f"{event.type} {event.subject}")
         out = [
             ("MESSAGE", message),
             ("PRIORITY", str(self.priority(event.type))),
