@@ -431,6 +431,8 @@ def _cannot_append(path: Path) -> str | None:
     """Why this process could not create ``path`` (and its missing parent directories, as the
     sinks do) or append to it; None when it can."""
     path = path.absolute()
+    if path.is_symlink():
+        return f"{path} is a symlink: the daemon does not follow one (name the file itself)"
     if path.is_dir():
         return f"{path} is a directory"
     if path.exists():

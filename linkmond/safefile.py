@@ -76,6 +76,8 @@ def _check(fd: int, path: Path) -> None:
         problem = "is not a regular file"
     elif st.st_uid != os.geteuid():
         problem = f"is owned by uid {st.st_uid}, not by the daemon's user (uid {os.geteuid()})"
+    elif st.st_nlink > 1:  # a hard link to another file (fs.protected_hardlinks=0)
+        problem = f"has {st.st_nlink} hard links: it may be another file too"
     if problem is not None:
         os.close(fd)
         raise UnsafeFileError(errno.EPERM, problem, str(path))

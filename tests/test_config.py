@@ -632,3 +632,14 @@ def test_check_config_notes_a_missing_default_file_on_stderr(tmp_path: Path) -> 
         "linkmond: no /etc/linkmond/linkmond.toml; using the built-in default: console only\n"
     )
     assert list(json.loads(result.stdout)["sinks"]) == ["console"]
+
+
+def test_a_file_sink_path_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "real.jsonl").write_text("")
+    (tmp_path / "events.jsonl").symlink_to(tmp_path / "real.jsonl")
+    path = _file_sink_config(tmp_path, tmp_path / "events.jsonl")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    [(key, why)] = info.value.problems
+    assert key == "sinks.events.path"
+    assert why.startswith(f"{tmp_path}/events.jsonl is a symlink")

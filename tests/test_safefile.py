@@ -75,3 +75,13 @@ def test_a_file_of_another_user_is_refused(tmp_path: Path) -> None:
     os.chown(planted, 65534, 65534)
     with pytest.raises(UnsafeFileError, match="owned by uid 65534"):
         open_append(planted)
+
+
+def test_a_hard_link_is_refused(tmp_path: Path) -> None:
+    precious = tmp_path / "precious"
+    precious.write_text("keep\n")
+    planted = tmp_path / "events.jsonl"
+    os.link(precious, planted)
+    with pytest.raises(UnsafeFileError, match="2 hard links"):
+        open_append(planted)
+    assert precious.read_text() == "keep\n"
