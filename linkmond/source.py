@@ -60,6 +60,9 @@ class NetlinkSocket:
         if passed is not None:
             passed.setblocking(False)
             self.sock = passed
+            # a socket that outlived an earlier run (a restart after a crash) may still be
+            # joined and hold what was queued then: older than the dump about to begin
+            self.quiesce()
         else:
             self.sock = socket.socket(
                 socket.AF_NETLINK,
@@ -101,6 +104,10 @@ class NetlinkSocket:
     def receive_buffer(self) -> int:
         """The effective receive buffer in bytes (the kernel reports twice what it accounts)."""
         return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+
+    def quiesce(self) -> int:
+        """Leave every group and discard what is queued (see :func:`quiesce`)."""
+        return quiesce(self.sock)
 
     def fileno(self) -> int:
         """The socket's descriptor, for ``loop.add_reader``."""
@@ -176,6 +183,34 @@ def enter_netns(name: str) -> None:
     if "/" not in name and (not name or name in (".", "..")):
         raise OSError(errno.EINVAL, "not a namespace name")
     netns.setns(name, flags=0)
+
+
+def quiesce(sock: socket.socket) -> int:
+    """Leave every multicast group, then discard what is queued; returns how many datagrams
+    were discarded.
+
+    For a socket systemd passed, which lives on in PID 1 after this process: left joined, it
+    would fill while no daemon reads it, and become readable, which makes systemd start the
+    service again; and what it queued while no daemon ran is older than the next run's dump.
+    """
+    group = 1
+    while True:
+        try:
+            sock.setsockopt(rtnl.SOL_NETLINK, rtnl.NETLINK_DROP_MEMBERSHIP, group)
+        except OSError:  # EINVAL past the family's last group
+            break
+        group += 1
+    discarded = 0
+    buf = bytearray(READ_SIZE)
+    while True:
+        try:
+            sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return discarded
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:  # an overflow while nobody read: nothing to do
+                raise
+        discarded += 1
 
 
 #: the first descriptor systemd passes (``sd_listen_fds``: SD_LISTEN_FDS_START)

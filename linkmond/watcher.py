@@ -309,6 +309,8 @@ class NetnsWatcher:
                 self._loop.remove_reader(self.sock.fileno())
             self._reading.paused = False
             self._read(until_empty=True)  # nothing the kernel queued is lost
+            if self.sock.passed:
+                self.sock.quiesce()  # PID 1 keeps it open: leave it silent
             self.sock.close()
             self.sock = None
         if self.dump_sock is not None:
