@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -373,12 +373,10 @@ def _messages(data: bytes) -> list[tuple[int, int]]:
     return out
 
 
-def record(ns: NetNS, path: Path) -> None:
-    """Record with iproute2's ``rtmon file`` inside the namespace while lm0's peer is pulled
-    and 198.51.100.1/24 is added to lm0."""
-    ns.veth("lm0", "lm0p")
-    settle(ns, lm0="UP")
-    rtmon = subprocess.Popen(
+@contextlib.contextmanager
+def rtmon(ns: NetNS, path: Path) -> Iterator[None]:
+    """iproute2's ``rtmon file PATH`` recording inside the namespace for the ``with`` body."""
+    proc = subprocess.Popen(
         ["ip", "netns", "exec", ns.name, "rtmon", "file", str(path)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -386,13 +384,22 @@ def record(ns: NetNS, path: Path) -> None:
     try:
         # rtmon subscribes, then writes its initial dump: a non-empty file means it listens
         wait_for(lambda: path.exists() and path.stat().st_size > 0, what="rtmon's initial dump")
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+def record(ns: NetNS, path: Path) -> None:
+    """Record with iproute2's ``rtmon file`` inside the namespace while lm0's peer is pulled
+    and 198.51.100.1/24 is added to lm0."""
+    ns.veth("lm0", "lm0p")
+    settle(ns, lm0="UP")
+    with rtmon(ns, path):
         ns.ip("link", "set", "lm0p", "down")
         ns.ip("addr", "add", "198.51.100.1/24", "dev", "lm0")
         # the address (c6 33 64 01) is announced after the carrier change: wait for it on disk
         wait_for(lambda: bytes([198, 51, 100, 1]) in path.read_bytes(), what="rtmon wrote addr")
-    finally:
-        rtmon.send_signal(signal.SIGTERM)
-        rtmon.wait(10)
 
 
 @pytest.mark.netns
@@ -666,13 +673,7 @@ def test_replay_reports_the_first_netconf_change_of_entries_rtmon_never_dumped(
     """rtmon dumps only links: a forwarding switch of ``all``, ``default`` and ``lo`` comes
     with no old value to compare with, and is reported with what is known, not swallowed."""
     recording = tmp_path / "rtmon.bin"
-    rtmon = subprocess.Popen(
-        ["ip", "netns", "exec", ns.name, "rtmon", "file", str(recording)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_for(lambda: recording.exists() and recording.stat().st_size > 0, what="rtmon dump")
+    with rtmon(ns, recording):
         ns.run("sysctl", "-qw", "net.ipv4.conf.all.forwarding=1")
 
         def netconf_subjects() -> set[str]:
@@ -684,9 +685,6 @@ def test_replay_reports_the_first_netconf_change_of_entries_rtmon_never_dumped(
             }
 
         wait_for(lambda: {"all", "default", "lo"} <= netconf_subjects(), what="netconf on disk")
-    finally:
-        rtmon.send_signal(signal.SIGTERM)
-        rtmon.wait(10)
     result = linkmond("replay", str(recording))
     assert result.returncode == 0, result.stderr
     changed = {
