@@ -524,6 +524,109 @@ def test_watchdog_is_armed_and_fed(machine: Machine) -> None:
     )
 
 
+#: linkmond.socket's ReceiveBuffer= (the kernel reports twice what it was given)
+SOCKET_BUFFER = 64 * 1024 * 1024
+STORM_ROUTES = 100_000
+
+
+#: the rtnetlink groups the system config watches, as ``ss -e`` shows a socket's mask:
+#: link, neigh, IPv4/IPv6 addresses, routes and rules, IPv4/IPv6 netconf
+DAEMON_GROUPS = "0x018405d5"
+
+
+def test_the_netlink_socket_is_pid1s_with_a_buffer_no_capability_could_give(
+    machine: Machine,
+) -> None:
+    """The daemon (CapEff 0, see above) reads a socket whose buffer is above rmem_max."""
+    rmem_max = int(machine.run("sysctl", "-n", "net.core.rmem_max").stdout)
+    assert rmem_max < SOCKET_BUFFER, f"this host's rmem_max ({rmem_max}) proves nothing"
+    out = machine.run("ss", "-f", "netlink", "-m", "-e", "-p").stdout
+    # (ss 6.1 prints each netlink socket twice here)
+    ours = {line for line in out.splitlines() if f"groups={DAEMON_GROUPS}" in line}
+    print("ss -f netlink -m -e -p, the daemon's notification socket:\n" + "\n".join(ours))
+    assert len(ours) == 1, out
+    (line,) = ours
+    assert f"rb{2 * SOCKET_BUFFER}," in line  # the kernel shows twice what it was given
+    assert "rtnl:systemd/1 " in line  # bound by PID 1, whose port id it carries
+    assert machine.run("systemctl", "is-active", "linkmond.socket").stdout.strip() == "active"
+    # (the file was rotated by now; the journal sink keeps daemon.* events too)
+    started = [e for e in machine.journal() if e.get("LINKMOND_TYPE") == "daemon.started"]
+    data = json.loads(started[-1]["LINKMOND_JSON"])["data"]
+    assert data["receive_buffer"] == SOCKET_BUFFER  # the daemon's own getsockopt agrees
+    log = machine.run("journalctl", "--no-pager", "-u", "linkmond.service", "-o", "cat").stdout
+    assert "using the netlink socket systemd passed" in log
+
+
+def test_a_route_storm_reaches_the_file_once_and_the_journal_is_never_throttled(
+    machine: Machine,
+) -> None:
+    """100k routes in one go: each once in the file, the journal sink's events all in the
+    journal with no "Suppressed" line, a cable pulled afterwards in the journal, and the
+    unit still reloads."""
+    before = len(machine.events())
+    machine.run("ip", "link", "add", "lmstorm", "type", "veth", "peer", "name", "lmstormp")
+    machine.run("ip", "link", "set", "lmstorm", "up")
+    machine.run("ip", "link", "set", "lmstormp", "up")
+    batch = machine.path("/root/storm.batch")
+    batch.write_text(
+        "".join(
+            f"route add 2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::/64 dev lmstorm\n"
+            for i in range(STORM_ROUTES)
+        )
+    )
+    machine.run("ip", "-batch", "/root/storm.batch", timeout=300)
+    events = machine.path(EVENTS)
+
+    def routes_written() -> bool:
+        data = events.read_bytes()
+        return data.count(b'"type":"route.added"') >= STORM_ROUTES and b"lmstorm" in data
+
+    wait_for(routes_written, 300, f"{STORM_ROUTES} route.added in {EVENTS}")
+    machine.barrier()
+    storm = [
+        e
+        for e in machine.events()[before:]
+        if e["type"] == "route.added"
+        and e["data"].get("ifname") == "lmstorm"
+        and e["subject"].startswith("2001:db8:")
+    ]
+    dsts = [e["subject"] for e in storm]
+    assert len(dsts) == STORM_ROUTES, f"{len(dsts)} route.added, {len(set(dsts))} distinct"
+    assert len(set(dsts)) == STORM_ROUTES
+    print(f"storm: {len(dsts)} route.added, each once, in {EVENTS}")
+
+    # a cable pulled after the storm reaches the journal as link.carrier_lost
+    machine.run("ip", "link", "set", "lmstormp", "down")
+    lost = machine.wait_event(
+        lambda e: e["type"] == "link.carrier_lost" and e["subject"] == "lmstorm",
+        "lmstorm carrier_lost",
+    )
+
+    def in_journal() -> list[dict[str, Any]] | None:
+        entries = machine.journal()
+        ids = {e.get("LINKMOND_EVENT_ID") for e in entries}
+        return entries if lost["id"] in ids else None
+
+    entries = wait_for(in_journal, 30, "lmstorm's carrier_lost in the journal")
+    # every event the journal sink takes (links, addresses, rules, netconf, daemon) is there
+    journal_ids = {e.get("LINKMOND_EVENT_ID") for e in entries}
+    wanted = ("link.", "addr.", "rule.", "netconf.", "daemon.")
+    taken = [e for e in machine.events() if e["type"].startswith(wanted)]
+    missing = [e["id"] for e in taken if e["id"] not in journal_ids]
+    assert not missing, f"{len(missing)} of {len(taken)} journal-bound events not in the journal"
+    assert not any(e.get("LINKMOND_TYPE", "").startswith("route.") for e in entries)
+    everything = machine.run("journalctl", "--no-pager", "-o", "cat").stdout
+    suppressed = [line for line in everything.splitlines() if "Suppressed" in line]
+    assert not [line for line in suppressed if "linkmond" in line], suppressed
+
+    # and the unit still reloads in place after it
+    pid = machine.show("MainPID")["MainPID"]
+    machine.run("systemctl", "reload", "linkmond")
+    machine.barrier()
+    after = machine.show("ActiveState", "MainPID")
+    assert (after["ActiveState"], after["MainPID"]) == ("active", pid), machine.diagnose()
+
+
 def test_stop_ends_with_result_success_and_daemon_stopping_last(machine: Machine) -> None:
     done = machine.run("systemctl", "stop", "linkmond", check=False, timeout=60)
     assert done.returncode == 0, machine.diagnose(done.stderr)
