@@ -1,15 +1,17 @@
 """The Docker image, without Docker: the Dockerfile read, and its ENTRYPOINT + CMD run the
 way the image runs them.
 
-No Docker engine is needed. The static tests read the Dockerfile (two stages, a numeric
-non-root USER, a WORKDIR that user owns, the shipped config at the daemon's default path, the
-exec-form ENTRYPOINT and CMD). The root test lays out what the final stage leaves behind under
-a temporary root (the directories it makes, owned as it chowns them, the config where its COPY
-puts it), then runs the same command as the same UID/GID with no supplementary groups and no
-capabilities, from the same WORKDIR, with the image's environment, in a throwaway network
-namespace; it pulls a cable there and reads ``link.carrier_lost`` back from the events file
-the shipped config's relative path names (before the WORKDIR, that path was ``/var/...``,
-which the image's user cannot write, and every file event was lost).
+No Docker engine is needed. The static tests read the Dockerfile (two stages on the same
+tagged base, a final stage that gets only the installed tree and installs and compiles
+nothing, a numeric non-root USER, a WORKDIR that user owns, the shipped config at the daemon's
+default path, the exec-form ENTRYPOINT and CMD); scripts/test also runs hadolint on it. The
+root test lays out what the final stage leaves behind under a temporary root (the directories
+it makes, owned as it chowns them, the config where its COPY puts it), then runs the same
+command as the same UID/GID with no supplementary groups and no capabilities, from the same
+WORKDIR, with the image's environment, in a throwaway network namespace; it pulls a cable
+there and reads ``link.carrier_lost`` back from the events file the shipped config's relative
+path names (before the WORKDIR, that path was ``/var/...``, which the image's user cannot
+write, and every file event was lost).
 
 The image's Python is stood in for by a venv under the temporary root, made from a Python of
 the same minor version that the UID can execute, holding copies of linkmond and its
@@ -45,7 +47,9 @@ from tests.helpers import ROOT, Daemon, NetNS
 
 DOCKERFILE = ROOT / "Dockerfile"
 SHIPPED_CONFIG = ROOT / "config" / "linkmond.toml"
-#: the environment python:3.11-slim-bookworm sets, less GPG_KEY and its version pins
+#: both stages' base: Python 3.11 on Debian 12, pinned by tag (a digest may follow)
+BASE_IMAGE = "python:3.11-slim-bookworm"
+#: the environment BASE_IMAGE sets, less GPG_KEY and its version pins
 BASE_ENV = {
     "LANG": "C.UTF-8",
     "PATH": "/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -167,12 +171,64 @@ def user_ids(final: Stage) -> tuple[int, int]:
 # -- the Dockerfile, read -------------------------------------------------------------------
 
 
-def test_the_build_has_two_stages_and_the_image_gets_only_the_wheels() -> None:
+def test_the_build_has_two_stages_and_the_image_gets_only_the_installed_tree() -> None:
     stages = parse_dockerfile()
     assert len(stages) == 2, [s.base for s in stages]
     assert stages[0].base.endswith(" AS build"), stages[0].base
-    options, sources, dest = stages[1].copies()[0]
-    assert (options, sources, dest) == (["--from=build"], ["/wheels"], "/wheels")
+    # the build stage installs linkmond and its dependencies under /install, laid out as in
+    # /usr/local (the venv image_python makes there stands in for it)...
+    installs = [cmd for cmd in stages[0].run_commands() if cmd[:2] == ["pip", "install"]]
+    assert len(installs) == 1, installs
+    assert "--prefix=/install" in installs[0], installs[0]
+    assert installs[0][-1] == ".", installs[0]
+    # ...and that tree is all the final stage takes from it: no wheels, no source, no cache
+    from_build = [c for c in stages[1].copies() if any(o.startswith("--from") for o in c[0])]
+    assert from_build == [(["--from=build"], ["/install"], "/usr/local")], from_build
+
+
+def test_both_stages_are_the_same_python_base_pinned_by_tag() -> None:
+    for stage in parse_dockerfile():
+        image = stage.base.split()[0]
+        # the tag names the Python minor and the Debian release; never `latest` or no tag
+        assert re.fullmatch(re.escape(BASE_IMAGE) + r"(@sha256:[0-9a-f]{64})?", image), image
+        assert stage.base.split()[1:] in ([], ["AS", "build"]), stage.base
+
+
+def test_the_final_stage_installs_and_compiles_nothing(final: Stage) -> None:
+    # what the image holds beyond the base is what the COPYs put there: no package manager
+    # or pip runs in it (nothing to cache), no compiler or build tool is there or installed
+    unwanted = {
+        *("apt", "apt-get", "aptitude", "dpkg", "pip", "pip3", "python", "python3"),
+        *("build-essential", "gcc", "g++", "cc", "c++", "clang", "make", "cmake", "cargo"),
+    }
+    for cmd in final.run_commands():
+        assert not unwanted & set(cmd), cmd
+    assert not final.all("ADD"), final.all("ADD")
+    # nor does the build stage install system packages: no compiler there either
+    build = parse_dockerfile()[0]
+    for cmd in build.run_commands():
+        assert cmd[0] not in {"apt", "apt-get", "aptitude", "dpkg"}, cmd
+
+
+def test_pip_keeps_no_cache() -> None:
+    commands = [cmd for stage in parse_dockerfile() for cmd in stage.run_commands()]
+    pips = [cmd for cmd in commands if cmd[0] in {"pip", "pip3"}]
+    assert pips
+    for cmd in pips:
+        assert "--no-cache-dir" in cmd, cmd
+
+
+def test_every_hadolint_exception_gives_its_reason() -> None:
+    # scripts/test runs hadolint; a rule it reports may be ignored only where it is said why
+    for line in DOCKERFILE.read_text().splitlines():
+        match = re.search(r"hadolint\s+ignore=\S+(.*)", line)
+        if match:
+            assert len(match[1].strip(" -:#")) >= 10, f"no reason given: {line}"
+    config = ROOT / ".hadolint.yaml"
+    if config.exists():
+        for line in config.read_text().splitlines():
+            if re.match(r"\s*-\s*DL\d+", line):
+                assert "#" in line, f"no reason given: {line}"
 
 
 def test_the_image_runs_as_a_fixed_numeric_non_root_uid_and_gid(final: Stage) -> None:
@@ -258,9 +314,9 @@ def as_user(cmd: list[str], uid: int, gid: int) -> subprocess.CompletedProcess[s
 
 def image_python(root: ImageRoot, uid: int, gid: int) -> Path:
     """The image's ``/usr/local/bin``: a venv at ``<root>/usr/local`` made from a Python of
-    this minor version that ``uid`` can execute, holding what the image's ``pip install``
-    puts there (:func:`install_like_the_image`) and the ``linkmond`` script. Nothing in it
-    refers back to this checkout or its .venv, which the UID may not reach."""
+    this minor version that ``uid`` can execute, holding what the build stage installs for
+    it (:func:`install_like_the_image`) and the ``linkmond`` script. Nothing in it refers back
+    to this checkout or its .venv, which the UID may not reach."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     candidates = [
         Path(sys._base_executable),  # what our venv was made from
@@ -296,9 +352,10 @@ def image_python(root: ImageRoot, uid: int, gid: int) -> Path:
 
 
 def install_like_the_image(site_packages: Path) -> None:
-    """What the image's ``pip install linkmond`` leaves in site-packages: the linkmond package
-    of this tree, and its dependencies (pyproject.toml's, then theirs, recursively) copied
-    from our venv file by file, as each one's RECORD lists them."""
+    """What the build stage's ``pip install --prefix=/install .`` leaves in site-packages
+    (the final stage copies it to /usr/local): the linkmond package of this tree, and its
+    dependencies (pyproject.toml's, then theirs, recursively) copied from our venv file by
+    file, as each one's RECORD lists them."""
     shutil.copytree(
         ROOT / "linkmond", site_packages / "linkmond", ignore=shutil.ignore_patterns("__pycache__")
     )
