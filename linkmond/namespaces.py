@@ -1,0 +1,178 @@
+"""Named network namespaces: which exist, which appear and go, and opening sockets in one.
+
+``ip netns add NAME`` makes ``/run/netns/NAME`` and bind-mounts the new namespace on it;
+``ip netns del`` unmounts and removes it. This module follows that directory with inotify
+(pyroute2's ``Inotify``: Python has no inotify of its own), on the daemon's event loop and
+without polling, and creates sockets inside a namespace from a short-lived thread that
+enters it (``setns`` moves only the calling thread; a socket keeps the namespace it was made
+in). Entering a namespace needs CAP_SYS_ADMIN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import structlog
+
+log = structlog.get_logger("linkmond.namespaces")
+
+RUN_NETNS: Final = Path("/run/netns")
+#: inotify's IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
+_DIR_EVENTS: Final = 0x100 | 0x200 | 0x40 | 0x80
+#: how long a new name may take to become a namespace (``ip netns add`` creates the file,
+#: then mounts the namespace on it): checked after 10 ms, doubling, for about 5 s in all
+_READY_FIRST: Final = 0.01
+_READY_TRIES: Final = 9
+
+_T = TypeVar("_T")
+
+
+def named_namespaces(run_dir: Path = RUN_NETNS) -> list[str]:
+    """The names ``ip netns list`` shows that are namespaces now (sorted)."""
+    try:
+        entries = sorted(run_dir.iterdir())
+    except OSError:
+        return []
+    return [entry.name for entry in entries if is_namespace(entry)]
+
+
+def is_namespace(path: Path) -> bool:
+    """Whether ``path`` is a network namespace (a mounted nsfs file), not just a name."""
+    try:
+        return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        return False
+
+
+def namespace_path(name: str, run_dir: Path = RUN_NETNS) -> Path:
+    """``/run/netns/NAME``; a name with a ``/`` is taken as a path."""
+    return Path(name) if "/" in name else run_dir / name
+
+
+def inside(name: str, make: Callable[[], _T], run_dir: Path = RUN_NETNS) -> _T:
+    """``make()`` called inside namespace ``name``, from a thread of its own that enters it
+    and then ends, so no other thread (the event loop's least of all) ever changes namespace.
+
+    Raises OSError when the namespace cannot be entered (ENOENT: no such name; EPERM: this
+    process may not enter namespaces; EINVAL: not a namespace).
+    """
+    from pyroute2 import netns  # noqa: PLC0415 - only multi-namespace setups need it
+
+    result: list[_T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            netns.setns(str(namespace_path(name, run_dir)), flags=0)
+            result.append(make())
+        except BaseException as exc:  # handed to the caller's thread
+            error.append(exc)
+
+    thread = threading.Thread(target=run, name=f"linkmond-netns-{name}", daemon=True)
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
+class NamespaceDir:
+    """Calls ``appeared(name)`` and ``gone(name)`` as namespaces are added to and deleted
+    from ``run_dir``, from the event loop.
+
+    A name is reported once it is a namespace (the mount follows the file), and gone as soon
+    as its file is. A missing ``run_dir`` (no namespace was ever added) is watched for from
+    its parent.
+    """
+
+    def __init__(
+        self,
+        appeared: Callable[[str], None],
+        gone: Callable[[str], None],
+        run_dir: Path = RUN_NETNS,
+    ) -> None:
+        self.appeared = appeared
+        self.gone = gone
+        self.run_dir = run_dir
+        self._inotify: Any = None  # pyroute2 Inotify (untyped)
+        self._fd = -1
+        self._watching_parent = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[str, asyncio.TimerHandle] = {}
+
+    def start(self) -> list[str]:
+        """Begin watching; returns the namespaces there now (reported by the caller)."""
+        from pyroute2.inotify.inotify_fd import Inotify  # noqa: PLC0415
+
+        self._loop = asyncio.get_running_loop()
+        ino = Inotify(path=[])
+        ino.bind()
+        self._inotify = ino
+        self._fd = ino.fd
+        self._watch()
+        self._loop.add_reader(self._fd, self._on_readable)
+        return named_namespaces(self.run_dir)
+
+    def _watch(self) -> None:
+        ino = self._inotify
+        assert ino is not None
+        if self.run_dir.is_dir():
+            ino.register_path(str(self.run_dir), _DIR_EVENTS)
+            self._watching_parent = False
+        else:
+            ino.register_path(str(self.run_dir.parent), 0x100)
+            self._watching_parent = True
+
+    def _on_readable(self) -> None:
+        ino = self._inotify
+        assert ino is not None
+        try:
+            data = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return
+        run_dir = str(self.run_dir)
+        for msg in ino.parse(data):
+            name, mask, where = msg["name"], msg["mask"], msg["path"]
+            if where != run_dir:  # the parent: has the directory been made?
+                if self._watching_parent and name == self.run_dir.name and self.run_dir.is_dir():
+                    self._watch()
+                    for existing in named_namespaces(self.run_dir):
+                        self._check(existing, _READY_TRIES, _READY_FIRST)
+                continue
+            if not name:
+                continue
+            if mask & (0x200 | 0x40):  # IN_DELETE, IN_MOVED_FROM
+                handle = self._pending.pop(name, None)
+                if handle is not None:
+                    handle.cancel()  # it never became a namespace: nothing to report
+                else:
+                    self.gone(name)
+            elif mask & (0x100 | 0x80):  # IN_CREATE, IN_MOVED_TO
+                self._check(name, _READY_TRIES, _READY_FIRST)
+
+    def _check(self, name: str, tries: int, delay: float) -> None:
+        self._pending.pop(name, None)
+        if is_namespace(self.run_dir / name):
+            self.appeared(name)
+            return
+        if tries <= 0:
+            log.warning("a name in the namespace directory never became a namespace", name=name)
+            return
+        assert self._loop is not None
+        self._pending[name] = self._loop.call_later(delay, self._check, name, tries - 1, delay * 2)
+
+    def close(self) -> None:
+        """Stop watching (idempotent)."""
+        for handle in self._pending.values():
+            handle.cancel()
+        self._pending.clear()
+        if self._inotify is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._fd)
+            self._inotify.close()
+            self._inotify = None
