@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import http.client
 import json
 import os
 import socket
@@ -26,6 +27,8 @@ from linkmond.config import (
     ConsoleSinkConfig,
     LogConfig,
     load_config,
+    parse_config,
+    split_listen,
 )
 from linkmond.events import Event, EventFactory, escape_controls
 from linkmond.logs import configure as configure_logs
@@ -85,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser("status", help="current links: admin, carrier, operstate, addresses")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        help="the daemon's config, whose [metrics] listen is asked for its health "
+        "(default /etc/linkmond/linkmond.toml)",
+    )
     p = sub.add_parser(
         "replay",
         help="decode a recorded netlink stream (rtmon / ip monitor file); exit 65 if damaged",
@@ -106,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "monitor":
             return _monitor(args)
         if args.command == "status":
-            return _status(args.json)
+            return _status(args.json, args.config)
         return _replay(args.file)
     except ConfigError as exc:
         print(f"linkmond: configuration error: {exc}", file=sys.stderr)
@@ -139,7 +149,14 @@ def _run(path: Path | None) -> int:
     from linkmond.daemon import Daemon
 
     daemon = Daemon(config, reload_config=lambda: load_config(path), passed_socket=passed)
-    return asyncio.run(daemon.run())
+    try:
+        return asyncio.run(daemon.run())
+    except Exception as exc:
+        from linkmond.metrics import ListenError
+
+        if isinstance(exc, ListenError):  # [metrics] listen cannot be bound: nothing started
+            raise ConfigError(path or DEFAULT_PATH, [("metrics.listen", str(exc))]) from None
+        raise
 
 
 def _check_config(path: Path | None) -> int:
@@ -195,7 +212,7 @@ def _monitor(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
-def _status(as_json: bool) -> int:
+def _status(as_json: bool, config: Path | None = None) -> int:
     configure_logs("warning", "auto")
     rtnl.load_system_names()
 
@@ -232,7 +249,11 @@ def _status(as_json: bool) -> int:
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"daemon: {_daemon_line(running_daemons())}")
+    daemons = running_daemons()
+    print(f"daemon: {_daemon_line(daemons)}")
+    # the health of a daemon watching this namespace (or of the one -c names): its metrics
+    if config is not None or any(same is not False for _pid, same in daemons):
+        print(f"daemon: {daemon_health(config)}")
     print(f"{'IFNAME':<16} {'ADMIN':<5} {'CARRIER':<7} {'OPERSTATE':<14} {'MTU':>6}  ", end="")
     print(f"{'MAC':<17}  ADDRESSES")
     for r in rows:
@@ -300,6 +321,105 @@ def _daemon_line(daemons: list[tuple[int, bool | None]]) -> str:
         pids = ", ".join(map(str, elsewhere))
         return f"not running in this network namespace (running in another: pid {pids})"
     return "not running (these links are read from the kernel now)"
+
+
+#: how long ``status`` waits for the daemon's ``/metrics`` (s)
+SCRAPE_TIMEOUT = 2.0
+
+
+def daemon_health(path: Path | None) -> str:
+    """One line on the health of the daemon whose config is ``path`` (else the default
+    file), from the ``/metrics`` its ``[metrics] listen`` serves; or why there is none."""
+    file = path if path is not None else DEFAULT_PATH
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if path is None:
+            return f"no [metrics] listen configured (no {file}: the built-in default has none)"
+        return f"metrics not checked: {file}: no such file"
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return f"metrics not checked: {file}: cannot read: {why}"
+    try:
+        listen = parse_config(text, file).metrics.listen
+    except ConfigError as exc:
+        return f"metrics not checked: {str(exc).splitlines()[0]}"
+    if listen is None:
+        return f"no [metrics] listen configured in {file}"
+    try:
+        exposition = scrape(listen)
+    except (OSError, http.client.HTTPException, UnicodeDecodeError) as exc:
+        why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
+        return f"metrics not reachable at {listen} ({why})"
+    return f"health from {listen}: {summarize_health(exposition)}"
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (``[metrics] listen = "/path"``)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.unix_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def scrape(listen: str, timeout: float = SCRAPE_TIMEOUT) -> str:
+    """GET ``/metrics`` from ``listen`` (``HOST:PORT`` or a unix socket path)."""
+    address = split_listen(listen)
+    conn = (
+        _UnixHTTPConnection(address, timeout)
+        if isinstance(address, str)
+        else http.client.HTTPConnection(*address, timeout=timeout)
+    )
+    try:
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise OSError(f"HTTP {response.status} {response.reason}")
+    return body.decode("utf-8")
+
+
+def summarize_health(exposition: str) -> str:
+    """``0 netlink overflows; sink file: 12 delivered, 0 dropped, 0 failures, 0 queued``
+    from the text of a daemon's ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    overflows = 0.0
+    sinks: dict[str, dict[str, float]] = {}
+    found = False
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == "linkmond_netlink_overflows_total":
+                overflows += sample.value
+                found = True
+            elif sample.name.startswith("linkmond_sink_") and "sink" in sample.labels:
+                what = sample.name.removeprefix("linkmond_sink_").removesuffix("_total")
+                sinks.setdefault(sample.labels["sink"], {})[what] = sample.value
+    if not found:
+        return "no linkmond metrics there"
+    parts = [f"{overflows:.0f} netlink overflows"]
+    for name, c in sinks.items():
+        line = (
+            f"sink {escape_controls(name)}: {c.get('delivered', 0):.0f} delivered, "
+            f"{c.get('dropped', 0):.0f} dropped, {c.get('failures', 0):.0f} failures, "
+            f"{c.get('queue_depth', 0):.0f} queued"
+        )
+        if "spool_depth" in c:
+            line += f", {c['spool_depth']:.0f} spooled"
+        parts.append(line)
+    return "; ".join(parts)
 
 
 def _replay(path: Path) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import ipaddress
 import os
 import pwd
 import re
@@ -133,6 +134,10 @@ class MonitorConfig(_Strict):
     interfaces: list[str] = Field(default_factory=lambda: ["*"])
     #: SO_RCVBUF(FORCE) of the netlink socket; large, so a route storm does not overflow it
     receive_buffer: Annotated[Size, Field(le=2**30)] = 16 * 1024**2
+    #: report at start what changed while the daemon was stopped, by comparing the kernel
+    #: with the state saved in the state directory (linkmond.snapshot); false: start fresh,
+    #: and neither read nor save that state
+    reconcile_on_start: bool = True
 
 
 class LogConfig(_Strict):
@@ -149,6 +154,62 @@ class DaemonConfig(_Strict):
     state_directory: FilePath = Path("/var/lib/linkmond")
     #: how long shutdown waits for sink queues to drain
     drain_timeout: Duration = 5.0
+    #: how often the cached state is saved while running, besides at shutdown (0: only then)
+    save_interval: Duration = 300.0
+
+
+#: a host name or an IPv4 address (an IPv6 address is written in brackets)
+_HOST: Final = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]*[A-Za-z0-9_])?")
+#: sun_path holds 108 bytes, the terminating NUL included
+_UNIX_PATH_MAX: Final = 107
+
+
+def split_listen(value: str) -> tuple[str, int] | str:
+    """``[metrics] listen`` → ``(host, port)`` (an IPv6 host without its brackets), or the
+    path of a unix socket; raises ValueError saying what is wrong."""
+    if value.startswith("/"):
+        if "\0" in value or value.endswith("/"):
+            raise ValueError(f"{value!r} is not a file path for a unix socket")
+        if len(os.fsencode(value)) > _UNIX_PATH_MAX:
+            raise ValueError(f"a unix socket path is at most {_UNIX_PATH_MAX} bytes")
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        raise ValueError(
+            f"{value!r} is neither HOST:PORT (such as 127.0.0.1:9741) nor the absolute path "
+            "of a unix socket"
+        )
+    if not (port.isascii() and port.isdigit()):
+        raise ValueError(f"the port {port!r} is not a number")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {int(port)} is out of range (1-65535)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in [ ] is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError(f"an IPv6 address goes in brackets: [{host}]:{port}")
+    elif not host:
+        raise ValueError(
+            "no host: name one (127.0.0.1 for this machine only; 0.0.0.0 or [::] for all)"
+        )
+    elif not _HOST.fullmatch(host):
+        raise ValueError(f"{host!r} is not a host name or an IP address")
+    return host, int(port)
+
+
+def _listen(value: str) -> str:
+    split_listen(value)
+    return value
+
+
+class MetricsConfig(_Strict):
+    """``[metrics]``: the Prometheus endpoint (linkmond.metrics); off unless ``listen`` is set."""
+
+    #: ``HOST:PORT`` or the absolute path of a unix socket, served at ``/metrics``
+    listen: Annotated[str, AfterValidator(_listen)] | None = None
 
 
 #: what may follow ``scheme://``: a URL holds no whitespace or control characters
@@ -356,6 +417,7 @@ class Config(_Strict):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     sinks: dict[str, SinkConfig] = Field(default_factory=dict)
 
     def state_directory(self) -> Path:

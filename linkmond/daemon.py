@@ -17,20 +17,25 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import structlog
 
 from linkmond import __version__, rtnl
 from linkmond.config import Config, ConfigError
-from linkmond.events import EventFactory
-from linkmond.fanout import Fanout, SinkWorker
+from linkmond.events import Event, EventFactory
+from linkmond.fanout import Fanout, SinkCounters, SinkWorker
 from linkmond.filters import GlobFilter
 from linkmond.logs import configure as configure_logs
 from linkmond.notify import Notifier, watchdog_interval
 from linkmond.publisher import Publisher
 from linkmond.sinks import Sink, SinkError, build_sink
+from linkmond.snapshot import StateFile
 from linkmond.source import current_netns_name
 from linkmond.watcher import NetnsWatcher, tune_gc
+
+if TYPE_CHECKING:
+    from linkmond.metrics import MetricsServer
 
 log = structlog.get_logger("linkmond.daemon")
 
@@ -42,6 +47,10 @@ SWITCH_INTERVAL = 0.001
 
 #: How often STATUS= is refreshed when nothing else wakes the main loop.
 STATUS_EVERY = 5.0
+
+#: How long the save of the state at shutdown may take (a million routes: a few seconds);
+#: below the unit's TimeoutStopSec, so that a hung disk cannot hold the exit up.
+SAVE_AT_STOP_TIMEOUT = 20.0
 
 
 class ReloadError(Exception):
@@ -76,9 +85,15 @@ class Daemon:
         self.reload_config = reload_config
         self.factory = EventFactory(f"/linkmond/{socket.gethostname()}", current_netns_name())
         self.fanout = Fanout(self._workers(config, sinks))
+        #: each sink's counters by name, kept across reloads (a rebuilt sink takes them over)
+        self.sink_counters: dict[str, SinkCounters] = {
+            w.name: w.counters for w in self.fanout.workers
+        }
+        #: events handed to the sinks, by (netns, type): linkmond_events_total
+        self.event_counts: dict[tuple[str, str], int] = {}
         self.publisher = Publisher(
             self.factory,
-            self.fanout.publish,
+            self._deliver,
             groups=config.monitor.groups,
             interfaces=GlobFilter(config.monitor.interfaces),
             wants=self.fanout.wants,
@@ -91,6 +106,12 @@ class Daemon:
             passed_socket=passed_socket,
         )
         self.notifier = Notifier()
+        #: save the cache and reconcile it at the next start ([monitor] reconcile_on_start,
+        #: for the whole run); the saver task, and what the last save had seen
+        self.saving = config.monitor.reconcile_on_start
+        self._saver: asyncio.Task[None] | None = None
+        self._saved_at: tuple[int, int] | None = None
+        self.metrics: MetricsServer | None = None
         self.stop_reason = ""
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()  # a reload is waiting
@@ -107,6 +128,16 @@ class Daemon:
             for name, options in config.sinks.items()
         }
         return [SinkWorker(name, sink, config.sinks[name]) for name, sink in built.items()]
+
+    def _deliver(self, event: Event) -> None:
+        """Count the event by namespace and type (the metrics), then fan it out."""
+        key = (event.netns, event.type)
+        self.event_counts[key] = self.event_counts.get(key, 0) + 1
+        self.fanout.publish(event)
+
+    def namespaces(self) -> list[tuple[str, NetnsWatcher]]:
+        """The watched namespaces by name, with their watchers (what the metrics read)."""
+        return [(self.factory.netns, self.watcher)]
 
     def request_stop(self, reason: str) -> None:
         """Ask the main loop to end (signal handlers call this)."""
@@ -159,8 +190,10 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        await self._start_metrics()
         await self.fanout.start()
-        await self.watcher.start()
+        restored = self._restore_state()
+        await self.watcher.start(restored)
         tune_gc()
         counts = self.watcher.state.counts()
         sock = self.watcher.sock
@@ -178,6 +211,8 @@ class Daemon:
         )
         self.notifier.ready(self.status_line())
         log.info("started", netns=self.factory.netns, **counts)
+        if self.saving:  # a fresh cache is saved at once: a crash soon after still has one
+            self._saver = asyncio.create_task(self._save_periodically(first=not restored))
 
     async def main_loop(self) -> None:
         """Refresh STATUS= and carry out reloads until asked to stop.
@@ -224,10 +259,27 @@ class Daemon:
                 "sinks": self.fanout.counters(),
             },
         )
+        saved = asyncio.create_task(self._save_at_stop())  # while the sinks drain
         left = await self.fanout.drain(self.config.daemon.drain_timeout)
+        await saved
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
+        if self.metrics is not None:  # served until now: the final counts can be scraped
+            await self.metrics.stop()
         log.info("stopped", reason=self.stop_reason, undelivered=sum(left.values()), **stats)
+
+    async def _start_metrics(self) -> None:
+        """Serve ``[metrics] listen``, first of all: an address that cannot be bound starts
+        nothing (:class:`linkmond.metrics.ListenError`; ``run`` exits 78)."""
+        listen = self.config.metrics.listen
+        if listen is None:
+            return
+        # prometheus-client is imported only when metrics are asked for
+        from linkmond.metrics import MetricsServer, snapshot  # noqa: PLC0415
+
+        server = MetricsServer(listen, lambda: snapshot(self))
+        await server.start()
+        self.metrics = server
 
     # -- reload ----------------------------------------------------------------------------
 
@@ -260,6 +312,10 @@ class Daemon:
         self._swap_sinks(new, unchanged, started)
         if list(new.monitor.groups) != list(self.config.monitor.groups):
             log.warning("[monitor] groups changed: takes effect at the next restart")
+        if new.monitor.reconcile_on_start != self.saving:
+            log.warning("[monitor] reconcile_on_start changed: takes effect at the next restart")
+        if new.metrics != self.config.metrics:
+            log.warning("[metrics] listen changed: takes effect at the next restart")
         self.publisher.interfaces = interfaces
         try:
             self.watcher.set_receive_buffer(new.monitor.receive_buffer)
@@ -314,6 +370,8 @@ class Daemon:
         """Put the started workers in place of the ones they replace (nothing here fails)."""
         old = {w.name: w for w in self.fanout.workers}
         fresh = {w.name: w for w in started}
+        for worker in started:  # counters by sink name: a rebuilt sink continues them
+            worker.counters = self.sink_counters.setdefault(worker.name, worker.counters)
         self.fanout.workers = [
             old[name] if name in unchanged else fresh[name] for name in new.sinks
         ]
@@ -349,4 +407,82 @@ class Daemon:
             f"{self.publisher.events} events; {dropped} dropped; "
             f"{self.watcher.stats.overflows} overflows; "
             f"reader paused {pauses['pauses']}x for {pauses['paused_seconds']:.1f}s"
+        )
+
+    # -- the saved state (linkmond.snapshot) -----------------------------------------------
+
+    def _state_file(self) -> StateFile:
+        return StateFile(self.config.state_directory(), self.factory.netns)
+
+    def _restore_state(self) -> frozenset[str]:
+        """Put the saved state back into the cache; the tables restored (none: start fresh).
+
+        With ``reconcile_on_start`` off, a state an earlier run saved is removed instead: it
+        must never be reconciled later as if it were recent.
+        """
+        if not self.saving:
+            self._state_file().discard()
+            return frozenset()
+        return self._state_file().load(self.watcher.state, self.watcher.tables)
+
+    async def _save_periodically(self, first: bool) -> None:
+        """Save now if ``first``, then every ``[daemon] save_interval`` (read anew each time,
+        so a reload changes it from the next save on; 0: only at shutdown)."""
+        if first:
+            await self._save()
+        while True:
+            interval = self.config.daemon.save_interval
+            await asyncio.sleep(interval or 60.0)
+            if interval:
+                await self._save()
+
+    async def _save_at_stop(self) -> None:
+        """The last save, after reading stopped (so it is exact), bounded in time."""
+        if self._saver is not None:
+            self._saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._saver
+        if not self.saving:
+            return
+        try:
+            async with asyncio.timeout(SAVE_AT_STOP_TIMEOUT):
+                await self._save(slice_seconds=0.02)  # nothing to read any more: larger slices
+        except TimeoutError:
+            log.error(
+                "state not saved: took too long",
+                path=str(self._state_file().path),
+                timeout=SAVE_AT_STOP_TIMEOUT,
+            )
+
+    async def _save(self, slice_seconds: float = 0.001) -> None:
+        """Save the cache, unless it is not filled yet or nothing was read since the last
+        save. A failure is logged; the old file, if any, stays as it was."""
+        watcher = self.watcher
+        if watcher.scheduler is None or not watcher.scheduler.ready:
+            return  # still being filled silently: it is not what the sinks were told
+        seen = (watcher.stats.messages, self.publisher.events)
+        if seen == self._saved_at:
+            return
+        state_file = self._state_file()
+        try:
+            report = await state_file.save(watcher.state, watcher.tables, slice_seconds)
+        except OSError as exc:
+            log.warning(
+                "state not saved", path=str(state_file.path), error=exc.strerror or str(exc)
+            )
+            return
+        except Exception as exc:  # a bug must not end the saving for the rest of the run
+            log.error("state not saved", path=str(state_file.path), exc_info=exc)
+            return
+        self._saved_at = seen
+        log.info(
+            "state saved",
+            path=str(state_file.path),
+            bytes=report.bytes,
+            seconds=round(report.seconds, 3),
+            longest_slice_ms=round(report.longest_slice_ms, 2),
+            longest_slice_cpu_ms=round(report.longest_slice_cpu_ms, 2),
+            sync_seconds=round(report.sync_seconds, 3),
+            slices=report.slices,
+            **report.counts,
         )

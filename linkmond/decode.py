@@ -150,6 +150,23 @@ def _mac(buf: Buffer, start: int, end: int) -> str | None:
     return bytes(buf[start:end]).hex(":")
 
 
+class LinkObj(dict[str, Any]):
+    """A decoded link: the event's fields as items and, beside them, what only the metrics
+    read (``linkmond_link_carrier_changes_total``).
+
+    ``carrier_changes`` is the kernel's IFLA_CARRIER_CHANGES (carrier transitions since the
+    device was created; None when the message lacks it). It is an attribute, not an item: an
+    event's ``data`` is built from the items (a closed JSON Schema), and the diff compares
+    named fields only, so a count that changed alone never makes a ``link.changed``. The
+    cache stores the object it is given, so the latest count sits beside the link's fields.
+    It compares equal to a plain dict with the same items.
+    """
+
+    __slots__ = ("carrier_changes",)
+
+    carrier_changes: int | None
+
+
 def decode_link(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | None:
     """RTM_NEWLINK / RTM_DELLINK of family AF_UNSPEC (AF_BRIDGE port messages are ignored)."""
     if off + 16 > end:
@@ -177,9 +194,7 @@ def decode_link(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | Non
     carrier = (
         admin_up and bool(flags & rtnl.IFF_LOWER_UP) and opername not in rtnl.NO_CARRIER_OPERSTATES
     )
-    return (
-        "link",
-        index,
+    link = LinkObj(
         {
             "ifindex": index,
             "ifname": attrs.text(rtnl.IFLA_IFNAME) or "",
@@ -191,8 +206,11 @@ def decode_link(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | Non
             "mac": attrs.mac(rtnl.IFLA_ADDRESS),
             "kind": kind,
             "master": attrs.u32(rtnl.IFLA_MASTER) or None,
-        },
+        }
     )
+    changes = attrs.get(rtnl.IFLA_CARRIER_CHANGES)
+    link.carrier_changes = None if changes is None else _u32(buf, *changes)
+    return "link", index, link
 
 
 def decode_addr(buf: Buffer, off: int, end: int, deleted: bool) -> Decoded | None:

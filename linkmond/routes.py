@@ -23,7 +23,8 @@ Full :class:`Route` tuples are built only when a route is handed out (a diff, an
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import Any, Final, NamedTuple
 
 #: ``(gateway, oif)`` for one next hop, or a tuple of them for a multipath route
@@ -107,6 +108,8 @@ def replaces_slot(route: Route) -> bool:
 
 
 _new: Final = tuple.__new__
+#: what joins destinations in a copy made in steps (see RouteTable.destinations_in_steps)
+SEPARATOR: Final = "\0"
 Entry = Stored | dict[tuple[int, Hops], Stored]
 
 
@@ -135,6 +138,9 @@ class RouteTable:
         self._prefsrc: dict[str, dict[str, None]] = {}
         #: written into every route stored; a dump's sweep removes routes with an older one
         self.mark = 0
+        #: how often a destination was added or removed: a walk spread over several turns of
+        #: the event loop (destinations_in_steps) sees the table changed under it
+        self.reshaped = 0
 
     # -- keys and routes ---------------------------------------------------------------------
 
@@ -317,6 +323,7 @@ class RouteTable:
         if entry is None:
             self._by_dst[dst] = value
             self._len += 1
+            self.reshaped += 1
             self._reindex(dst, (), (value,))
             return None
         if not isinstance(entry, dict):
@@ -365,6 +372,7 @@ class RouteTable:
                 return None, [self._key(dst, entry)]
             del self._by_dst[dst]
             self._len -= 1
+            self.reshaped += 1
             self._reindex(dst, (entry,), ())
             return self._route(dst, entry), []
         before = tuple(entry.values())
@@ -376,6 +384,115 @@ class RouteTable:
             self._by_dst[dst] = next(iter(entry.values()))
         self._reindex(dst, before, tuple(entry.values()))
         return self._route(dst, value), []
+
+    # -- a saved state (linkmond.snapshot) ---------------------------------------------------
+
+    def destinations_in_steps(
+        self, step: int = 25_000, piece: int = 1024, tries: int = 3
+    ) -> Iterator[list[str] | None]:
+        """Every destination held, like :meth:`destinations`, copied ``step`` at a time, so
+        that no step holds the event loop up for long (a million at once took ~11 ms).
+
+        Yields None after every step but the last, then the copy: a list of strings, each
+        holding up to ``piece`` destinations joined by NUL (which no destination contains;
+        split them with ``split("\\0")``). Strings, because a list of a million references
+        costs ~10 ms to free and as much again when the garbage collector looks through it.
+
+        The caller may let the table change between steps; a destination added or removed
+        meanwhile makes the copy start over (a dict iterator cannot go on after that). After
+        ``tries`` such restarts (a storm) the keys are taken in one go (the one hold that
+        grows with the table) and joined in steps from there.
+        """
+        by_dst = self._by_dst
+        join = SEPARATOR.join
+        per_step = max(1, step // piece)
+        for _ in range(tries):
+            stamp = self.reshaped
+            walk = iter(by_dst)
+            pieces: list[str] = []
+            while True:
+                for _ in range(per_step):
+                    part = list(islice(walk, piece))
+                    if part:
+                        pieces.append(join(part))
+                    if len(part) < piece:
+                        yield pieces
+                        return
+                yield None
+                if self.reshaped != stamp:
+                    break
+        keys = list(by_dst)
+        pieces = []
+        while keys:
+            for _ in range(per_step):
+                pieces.append(join(keys[-piece:]))
+                del keys[-piece:]  # freed as it goes
+                if not keys:
+                    break
+            yield None
+        yield pieces
+
+    def prefixes(self, start: int = 0) -> list[tuple[Any, ...]]:
+        """The prefixes numbered ``start`` and up: ``(family, table, src, tos, metric,
+        family name, table name)``. Numbers are never reused, so a list read in parts stays
+        valid."""
+        return self._prefixes[start:]
+
+    def export(
+        self, dsts: Iterable[str], names: dict[int, int], name_list: list[tuple[str, str, str]]
+    ) -> list[tuple[Any, ...]]:
+        """The routes under ``dsts`` (those still held) as rows of a saved state: ``(dst,
+        prefix number, gateway, ifindex, names number, prefsrc, nexthops)``, nexthops as
+        ``(gateway, ifindex, weight)`` tuples.
+
+        ``names`` numbers the ``(protocol, scope, type)`` tuples in the order first met (keyed
+        by the interned tuple's id); a tuple met for the first time is appended to
+        ``name_list``, for the caller to write before these rows.
+        """
+        get = self._by_dst.get
+        rows: list[tuple[Any, ...]] = []
+        add = rows.append
+        for dst in dsts:
+            entry = get(dst)
+            if entry is None:
+                continue
+            for value in entry.values() if isinstance(entry, dict) else (entry,):
+                triple = value[_NAMES]
+                number = names.get(id(triple))
+                if number is None:
+                    number = names[id(triple)] = len(name_list)
+                    name_list.append(triple)
+                hops = value[_NEXTHOPS]
+                add(
+                    (dst, value[_PREFIX], value[_GATEWAY], value[_IFINDEX], number,
+                     value[_PREFSRC], None if hops is None else [tuple(h) for h in hops])
+                )  # fmt: skip
+        return rows
+
+    def restore(self, key: Key, route: Route) -> None:
+        """Put a saved route back as the saved table held it (no replace semantics: the
+        saved table was consistent as it was)."""
+        prefix = self._prefix(key, route)
+        assert prefix is not None
+        dst = key[2]
+        names = (route.protocol, route.scope, route.type)
+        names = self._names.setdefault(names, names)
+        value = (
+            prefix, route.gateway, route.ifindex, names, route.prefsrc, route.nexthops, self.mark
+        )  # fmt: skip
+        entry = self._by_dst.get(dst)
+        if entry is None:
+            self._by_dst[dst] = value
+            self._len += 1
+            self.reshaped += 1
+            self._reindex(dst, (), (value,))
+            return
+        group = entry if isinstance(entry, dict) else {(entry[_PREFIX], _stored_hops(entry)): entry}
+        before = tuple(group.values())
+        group[(prefix, key[6])] = value
+        self._len += len(group) - len(before)
+        self._by_dst[dst] = value if len(group) == 1 else group
+        self._reindex(dst, before, tuple(group.values()))
 
     # -- indexes -----------------------------------------------------------------------------
 

@@ -82,6 +82,8 @@ IFLA_OPERSTATE: Final = 16
 IFLA_WIRELESS: Final = 11
 IFLA_LINKINFO: Final = 18
 IFLA_INFO_KIND: Final = 1
+#: u32: carrier transitions since the device was created (Linux 3.15); read for the metrics
+IFLA_CARRIER_CHANGES: Final = 35
 
 # <linux/if_addr.h>
 IFA_ADDRESS: Final = 1

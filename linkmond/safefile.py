@@ -44,6 +44,26 @@ def ensure_private(path: Path, mode: int = PRIVATE_MODE) -> None:
     os.close(_open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, mode))
 
 
+def open_read(path: Path) -> int:
+    """A descriptor reading ``path``, a file the daemon wrote itself (the saved state).
+
+    Held to the rules of :func:`open_append`, so that nobody can make the daemon read what
+    they planted: :class:`UnsafeFileError` for a symlink, a non-regular file, or a file owned
+    by another user or with more than one link; FileNotFoundError when there is none.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeFileError(exc.errno, "is a symlink: not followed", str(path)) from None
+        if exc.errno == errno.ENXIO:
+            raise UnsafeFileError(exc.errno, "is not a regular file", str(path)) from None
+        raise
+    _check(fd, path)
+    os.set_blocking(fd, True)
+    return fd
+
+
 def _open(path: Path, flags: int, mode: int) -> int:
     try:
         fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, mode)

@@ -10,6 +10,10 @@ every rule here is unit-tested without a kernel:
 - A re-read of one device's routes or neighbours (after the kernel may have removed them
   silently) is queued unless an equal or wider dump is already queued. One that is already
   running does not count: it may have passed the entries before the change that asked.
+- A cache restored from a saved state (:mod:`linkmond.snapshot`) is stale the way a cache
+  is after an overflow: a *reconciliation* round re-dumps every table at once and reports
+  what differs (:meth:`DumpScheduler.reconcile`); the daemon is ready before it runs. A table
+  the saved state did not hold is filled silently in that round.
 - An overflow (``ENOBUFS`` on read) re-dumps every table once the running dump ends; that
   covers whatever else was queued. Another overflow during that round means one more round.
   The round begins only once the notification socket has been read empty
@@ -149,6 +153,12 @@ class DumpScheduler:
         self.ready = False  # the initial fill is done
         self.overflow_pending = False
         self.in_overflow_round = False
+        #: what the current (or last) full round is: "overflow", or "reconcile" (a restored
+        #: cache, see :meth:`reconcile`); the next round's kind waits in _next_round
+        self.round_kind = "overflow"
+        self._next_round = "overflow"
+        #: tables whose cache was never filled: a full round dumps them silently
+        self.quiet: set[str] = set()
         #: an overflow's round waits until the notifications queued before it are read
         self.wait_for_drain = False
         self.stopped = False
@@ -159,6 +169,17 @@ class DumpScheduler:
     def initial(self) -> None:
         """Fill the cache: every table, silently."""
         self.queue.extend(Dump(Scope(t), emit=False) for t in self.tables)
+        self._start_soon()
+
+    def reconcile(self, restored: Iterable[str]) -> None:
+        """The cache holds a saved state of the ``restored`` tables instead of nothing: ready
+        at once, then one full round (like an overflow's) that reports, flagged resync, what
+        differs from the kernel. The other watched tables are filled silently in it."""
+        restored = set(restored)
+        self.quiet = {t for t in self.tables if t not in restored}
+        self.ready = True
+        self.overflow_pending = True
+        self._next_round = "reconcile"
         self._start_soon()
 
     def reread(
@@ -254,6 +275,8 @@ class DumpScheduler:
             self.finish(dump, False)
         else:
             removed = self.finish(dump, True)
+            if not dump.targeted:
+                self.quiet.discard(dump.table)  # filled now: later rounds report
             again = dump.settle_pass == 1 or removed > 0
             if dump.settle_pass and again and dump.settle_pass < MAX_SETTLE_PASSES and self.later:
                 self.later(SETTLE_DELAY, self._settle_again, dump.scope, dump.settle_pass + 1)
@@ -297,6 +320,8 @@ class DumpScheduler:
             return
         log.warning("resetting the netlink socket", reason=reason)
         self.reset(reason)
+        if self.in_overflow_round and self.round_kind == "reconcile":
+            self._next_round = "reconcile"  # the round cut short is carried on as what it was
         if self.ready:
             self.overflow_pending = True
             self.in_overflow_round = False  # a round cut short: the next one covers it
@@ -312,7 +337,8 @@ class DumpScheduler:
         if self.overflow_pending and not self.in_overflow_round:
             self.overflow_pending = False
             self.in_overflow_round = True
-            self.queue = deque(Dump(Scope(t)) for t in self.tables)
+            self.round_kind, self._next_round = self._next_round, "overflow"
+            self.queue = deque(Dump(Scope(t), emit=t not in self.quiet) for t in self.tables)
         while self.queue:
             dump = self.queue.popleft()
             self.begin(dump)

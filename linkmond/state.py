@@ -149,6 +149,35 @@ class State:
             changes.extend(c for c in self.pending.popleft() if c is not None)
         return changes
 
+    # -- a saved state (linkmond.snapshot) ----------------------------------------------------
+
+    def restore(
+        self, table: str, key: Hashable, obj: Any, operstate_told: str | None = None
+    ) -> None:
+        """Put one object of a saved state back into the cache, silently: no change is made
+        and nothing is re-read. Links take ``operstate_told``, what the last event about them
+        said (default: their operstate). Only before the first dump."""
+        if table == "route":
+            self.routes.restore(key, obj)  # type: ignore[arg-type]
+            return
+        self.tables[table][key] = obj
+        if table == "link":
+            self.names[key] = obj["ifname"]  # type: ignore[index]
+            self._operstate_told[key] = operstate_told or obj["operstate"]  # type: ignore[index]
+
+    def operstates_told(self) -> dict[int, str]:
+        """The operstate the last event about each link told (what a saved state keeps)."""
+        return dict(self._operstate_told)
+
+    def clear(self) -> None:
+        """Forget everything cached: a saved state found unusable halfway through being
+        restored. Only before the first dump."""
+        self.routes = RouteTable()
+        self.tables = {name: {} for name in TABLES}
+        self.tables["route"] = self.routes
+        self.names = {}
+        self._operstate_told = {}
+
     # -- resync bookkeeping ----------------------------------------------------------------
 
     def begin_resync(self, scope: Scope) -> None:

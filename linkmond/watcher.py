@@ -42,11 +42,12 @@ neighbours, never the whole table (except where the kernel refuses strict checki
 from __future__ import annotations
 
 import asyncio
+import bisect
 import gc
 import socket
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import structlog
@@ -163,6 +164,28 @@ class WatcherStats:
         }
 
 
+#: upper bounds (s) of the dump-duration histogram (``linkmond_dump_duration_seconds``): from
+#: a device's few routes (~1 ms) to a full table of a million (~20 s)
+DUMP_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
+)  # fmt: skip
+
+
+@dataclass
+class DumpTimes:
+    """How long this watcher's dumps took, from request to end (complete, failed or given
+    up), as a histogram: ``counts[i]`` dumps took at most ``DUMP_BUCKETS[i]`` seconds and
+    more than the bound before it; the last entry counts those above every bound."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(DUMP_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one dump that took ``seconds``."""
+        self.counts[bisect.bisect_left(DUMP_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+
 class NetnsWatcher:
     """Turns one namespace's rtnetlink stream into changes handed to the publisher.
 
@@ -189,6 +212,9 @@ class NetnsWatcher:
         self.receive_buffer = receive_buffer
         self.backpressure: Backpressure = backpressure or _NoBackpressure()
         self.stats = WatcherStats()
+        #: durations of the dumps that ended (the metrics' histogram)
+        self.dump_times = DumpTimes()
+        self._dump_began = 0.0
         self.state = State(reread=self._reread)
         #: the subscribed socket: notifications only
         self.sock: NetlinkSocket | None = None
@@ -209,10 +235,13 @@ class NetnsWatcher:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, restored: Iterable[str] = ()) -> None:
         """Subscribe, then dump every watched table into the cache; return once it is filled.
 
-        Subscribing first means nothing that happens during the dump is missed.
+        Subscribing first means nothing that happens during the dump is missed. ``restored``:
+        the tables the cache already holds from a saved state (linkmond.snapshot); then the
+        dumps are a reconciliation round that reports what differs (``resync``), run after
+        this returns, once subscribed.
         """
         self._loop = asyncio.get_running_loop()
         self._ready = self._loop.create_future()
@@ -243,6 +272,10 @@ class NetnsWatcher:
             filtered=filtered,
         )
         self._loop.call_later(DUMP_STALL_SECONDS, self._check_stall)
+        restored = frozenset(restored)
+        if restored:
+            self.scheduler.reconcile(restored)
+            return
         self.scheduler.initial()
         await self._ready
 
@@ -546,9 +579,11 @@ class NetnsWatcher:
             self.scheduler.reread(table, family, oif, settle=settle)
 
     def _begin_dump(self, dump: Dump) -> None:
+        self._dump_began = time.monotonic()
         self.state.begin_resync(dump.scope)
 
     def _finish_dump(self, dump: Dump, sweep: bool) -> int:
+        self.dump_times.observe(time.monotonic() - self._dump_began)
         if not sweep:
             log.debug("dump ended without a sweep", scope=str(dump.scope), parts=dump.parts)
             self.state.abort_resync()
@@ -586,7 +621,12 @@ class NetnsWatcher:
     def _dumps_idle(self, overflow_round: bool) -> None:
         if self._ready is not None and not self._ready.done():
             self._ready.set_result(None)
-        if overflow_round:
+        scheduler = self.scheduler
+        if overflow_round and scheduler is not None and scheduler.round_kind == "reconcile":
+            produced = self.publisher.resync_events - self._resync_mark
+            self._resync_mark = self.publisher.resync_events
+            log.info("reconciled the saved state with the kernel", events=produced)
+        elif overflow_round:
             self.stats.resyncs += 1
             produced = self.publisher.resync_events - self._resync_mark
             self._resync_mark = self.publisher.resync_events

@@ -48,10 +48,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 @pytest.fixture
-def ns() -> Iterator[NetNS]:
-    """A fresh network namespace with lo up, deleted afterwards."""
+def ns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NetNS]:
+    """A fresh network namespace with lo up, deleted afterwards.
+
+    Daemons started meanwhile get ``$STATE_DIRECTORY`` in the test's temporary directory
+    (unless told otherwise): as root they would save their state in /var/lib/linkmond.
+    """
     if not IS_ROOT:
         pytest.skip(NEEDS_ROOT)
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
     namespace = NetNS()
     try:
         yield namespace

@@ -83,13 +83,18 @@ class Daemon:
         return ["ip", "netns", "exec", self.ns.name, *run]
 
     def start(self, wait_started: bool = True, env: dict[str, str] | None = None) -> Daemon:
-        """Start the daemon (``env`` added to ours); by default wait for ``daemon.started``."""
+        """Start the daemon (``env`` added to ours); by default wait for ``daemon.started``.
+
+        Its state directory (the saved state, webhook spools) is ``state`` in the work
+        directory, unless ``env`` names another ``STATE_DIRECTORY``: never the system's.
+        """
+        state = {"STATE_DIRECTORY": str(self.config_path.parent / "state")}
         self.proc = subprocess.Popen(
             self.command(),
             stdout=self.stdout_path.open("wb"),
             stderr=self.stderr_path.open("wb"),
             cwd=self.config_path.parent,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **state, **(env or {})},
         )
         if wait_started:
             self.wait_event(lambda e: e["type"] == "daemon.started", what="daemon.started")
