@@ -79,6 +79,8 @@ log = structlog.get_logger("linkmond.snapshot")
 FORMAT: Final = "linkmond-state"
 VERSION: Final = 1
 BOOT_ID: Final = Path("/proc/sys/kernel/random/boot_id")
+#: set by the unit to systemd's ``%b`` (the boot ID), which it cannot read from /proc
+BOOT_ID_ENV: Final = "LINKMOND_BOOT_ID"
 NETNS: Final = Path("/proc/self/ns/net")
 #: getsockopt: the network namespace's 64-bit cookie, never reused during a boot (Linux 5.14)
 SO_NETNS_COOKIE: Final = 71
@@ -153,10 +155,14 @@ class Identity(NamedTuple):
 
 def identity() -> Identity:
     """This boot and this network namespace instance."""
-    try:
-        boot_id = BOOT_ID.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        boot_id = ""  # the unit's ProcSubset=pid hides /proc/sys
+    # the unit passes systemd's %b, as /proc/sys is hidden from it (ProcSubset=pid)
+    boot_id = os.environ.get(BOOT_ID_ENV, "")
+    if not boot_id:
+        try:
+            boot_id = BOOT_ID.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            boot_id = ""
+    boot_id = boot_id.replace("-", "").lower()  # %b has no dashes, /proc's has
     st = os.stat(NETNS)
     cookie = None
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
@@ -176,7 +182,7 @@ def other_boot(saved: Identity, now: Identity) -> str | None:
     another boot, which only costs a fresh start.
     """
     if saved.boot_id and now.boot_id:
-        if saved.boot_id != now.boot_id:
+        if saved.boot_id.replace("-", "").lower() != now.boot_id:
             return f"saved during another boot (boot_id {saved.boot_id})"
         return None
     if now.boottime < saved.boottime:

@@ -924,3 +924,20 @@ def test_the_new_keys_are_strictly_typed_with_their_defaults() -> None:
         parse_config(base + '[monitor]\nreconcile_on_start = "yes"\n')
     with pytest.raises(ConfigError, match=r"daemon\.save_interval"):
         parse_config(base + '[daemon]\nsave_interval = "-1s"\n')
+
+
+def test_the_boot_id_systemd_passes_is_the_one_proc_shows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the unit's Environment=LINKMOND_BOOT_ID=%b: 32 hex digits, /proc's UUID without dashes
+    from_proc = identity().boot_id
+    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+        dashed = f.read().strip()
+    assert from_proc == dashed.replace("-", "")
+    monkeypatch.setenv("LINKMOND_BOOT_ID", dashed.replace("-", "").upper())
+    assert identity().boot_id == from_proc
+    # a state saved with the dashed form (before the unit passed it) is of this boot too
+    saved = identity()._replace(boot_id=dashed)
+    assert other_boot(saved, identity()) is None
+    monkeypatch.setenv("LINKMOND_BOOT_ID", "0" * 32)
+    assert other_boot(saved, identity()) is not None

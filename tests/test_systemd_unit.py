@@ -176,3 +176,8 @@ def test_the_journal_never_suppresses_what_the_journal_sink_sends() -> None:
     assert not any(events.match(t) for t in unwanted)
     (file_sink,) = (s for s in config.sinks.values() if isinstance(s, FileSinkConfig))
     assert all(GlobFilter(file_sink.events).match(t) for t in wanted | unwanted)
+
+
+def test_the_unit_tells_the_daemon_its_boot_id() -> None:
+    # ProcSubset=pid hides /proc/sys/kernel/random/boot_id; the saved state needs it
+    assert "LINKMOND_BOOT_ID=%b" in directives(UNIT)["Environment"]
