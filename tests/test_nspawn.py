@@ -627,6 +627,31 @@ def test_a_route_storm_reaches_the_file_once_and_the_journal_is_never_throttled(
     assert (after["ActiveState"], after["MainPID"]) == ("active", pid), machine.diagnose()
 
 
+def test_a_cable_pulled_while_the_service_was_stopped_is_reported_at_its_start(
+    machine: Machine,
+) -> None:
+    """Changes missed while stopped, under the real unit (DynamicUser, ProcSubset=pid, the
+    boot ID from %b): the state saved at stop is reconciled at the next start."""
+    machine.run("ip", "link", "add", "lmrec", "type", "veth", "peer", "name", "lmrecp")
+    machine.run("ip", "link", "set", "lmrec", "up")
+    machine.run("ip", "link", "set", "lmrecp", "up")
+    machine.wait_event(
+        lambda e: e["type"] == "link.carrier_up" and e["subject"] == "lmrec", "lmrec carrier up"
+    )
+    machine.run("systemctl", "stop", "linkmond", timeout=60)
+    machine.run("ip", "link", "set", "lmrecp", "down")  # nobody is watching
+    machine.run("systemctl", "start", "linkmond", timeout=60)
+    lost = machine.wait_event(
+        lambda e: e["type"] == "link.carrier_lost" and e["subject"] == "lmrec",
+        "lmrec carrier_lost reconciled at start",
+        timeout=30,
+    )
+    assert lost["data"]["resync"] is True
+    started = [e for e in machine.events() if e["type"] == "daemon.started"]
+    assert started[-1]["seq"] < lost["seq"]  # after this run's daemon.started
+    assert machine.show("ActiveState")["ActiveState"] == "active", machine.diagnose()
+
+
 def test_stop_ends_with_result_success_and_daemon_stopping_last(machine: Machine) -> None:
     done = machine.run("systemctl", "stop", "linkmond", check=False, timeout=60)
     assert done.returncode == 0, machine.diagnose(done.stderr)
