@@ -520,6 +520,23 @@ def medians(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def report_route_runs(
+    args: Any, title: str, metrics: Sequence[tuple[str, str]], runs: Sequence[dict[str, Any]]
+) -> int:
+    """Print (or ``--json``) the runs of a route benchmark with their notes; the exit status
+    is 1 if any run missed or doubled a route."""
+
+    def table() -> None:
+        print(title)
+        print_runs(metrics, runs)
+        for i, r in enumerate(runs):
+            for note in r["notes"]:
+                print(f"run {i + 1}: {note}")
+
+    emit(args, {"routes": args.routes, "runs": runs, "median": medians(runs)}, table)
+    return 1 if any(r["missing"] or r["duplicates"] for r in runs) else 0
+
+
 def emit(args: Any, result: dict[str, Any], table: Callable[[], None]) -> None:
     """``--json``: the result as one JSON object; else ``table()`` prints the plain table."""
     if getattr(args, "json", False):

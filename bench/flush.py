@@ -38,12 +38,10 @@ from _common import (
     Tail,
     barrier,
     collect,
-    emit,
     fail,
     iter_lines,
     load_routes,
-    medians,
-    print_runs,
+    report_route_runs,
     require_root,
     route_args,
     route_set,
@@ -125,15 +123,12 @@ def main() -> int:
     except RuntimeError as exc:
         return fail(exc)
 
-    def table() -> None:
-        print(f"route flush: {args.routes} IPv4 /32 routes through b0, then ip link set b0 down")
-        print_runs(METRICS, runs)
-        for i, r in enumerate(runs):
-            for note in r["notes"]:
-                print(f"run {i + 1}: {note}")
-
-    emit(args, {"routes": args.routes, "runs": runs, "median": medians(runs)}, table)
-    return 1 if any(r["missing"] or r["duplicates"] for r in runs) else 0
+    return report_route_runs(
+        args,
+        f"route flush: {args.routes} IPv4 /32 routes through b0, then ip link set b0 down",
+        METRICS,
+        runs,
+    )
 
 
 if __name__ == "__main__":

@@ -43,11 +43,9 @@ from _common import (
     barrier,
     collect,
     count_lines,
-    emit,
     fail,
-    medians,
     monitor_routes,
-    print_runs,
+    report_route_runs,
     require_root,
     route_args,
     route_set,
@@ -143,15 +141,12 @@ def main() -> int:
         except RuntimeError as exc:
             return fail(exc)
 
-    def table() -> None:
-        print(f"route storm: {args.routes} IPv4 /32 routes by ip -batch, default config")
-        print_runs(METRICS, runs)
-        for i, r in enumerate(runs):
-            for note in r["notes"]:
-                print(f"run {i + 1}: {note}")
-
-    emit(args, {"routes": args.routes, "runs": runs, "median": medians(runs)}, table)
-    return 1 if any(r["missing"] or r["duplicates"] for r in runs) else 0
+    return report_route_runs(
+        args,
+        f"route storm: {args.routes} IPv4 /32 routes by ip -batch, default config",
+        METRICS,
+        runs,
+    )
 
 
 if __name__ == "__main__":
