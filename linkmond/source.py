@@ -58,11 +58,10 @@ class NetlinkSocket:
         #: buffer was forced by PID 1 and is only ever grown, never set lower
         self.passed = passed is not None
         if passed is not None:
+            # `run` has quiesced it already (see linkmond.cli): an earlier run's memberships
+            # and queued messages are gone before the groups are joined below
             passed.setblocking(False)
             self.sock = passed
-            # a socket that outlived an earlier run (a restart after a crash) may still be
-            # joined and hold what was queued then: older than the dump about to begin
-            self.quiesce()
         else:
             self.sock = socket.socket(
                 socket.AF_NETLINK,
