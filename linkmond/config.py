@@ -113,6 +113,27 @@ def _event_globs(patterns: list[str]) -> list[str]:
     return patterns
 
 
+def _netns(value: Any) -> list[str] | str:
+    """``[monitor] netns``: ``"all"``, or a list of names ``ip netns`` knows (``"default"``:
+    the daemon's own namespace)."""
+    if value == "all":
+        return "all"
+    if isinstance(value, str):
+        raise ValueError(f'expected "all" or a list of names, got {value!r} (netns = ["{value}"]?)')
+    if not isinstance(value, list) or not value:
+        raise ValueError(f'expected "all" or a non-empty list of names, got {value!r}')
+    for name in value:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"expected a namespace name (a non-empty string), got {name!r}")
+        if name == "all":
+            raise ValueError('"all" stands alone: netns = "all"')
+        if "/" in name or "\0" in name or name in (".", ".."):
+            raise ValueError(f"{name!r} is not a name of /run/netns (as `ip netns list` shows)")
+        if value.count(name) > 1:
+            raise ValueError(f"{name!r} is listed twice")
+    return value
+
+
 Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 #: a filesystem path, given as a string (relative paths are relative to the working directory)
@@ -138,6 +159,11 @@ class MonitorConfig(_Strict):
     #: with the state saved in the state directory (linkmond.snapshot); false: start fresh,
     #: and neither read nor save that state
     reconcile_on_start: bool = True
+    #: the network namespaces to watch: names ``ip netns`` knows, ``"default"`` for the
+    #: daemon's own; or ``"all"``: its own and every one in /run/netns, as they come and go
+    netns: Annotated[list[str] | Literal["all"], BeforeValidator(_netns)] = Field(
+        default_factory=lambda: ["default"]
+    )
 
 
 class LogConfig(_Strict):

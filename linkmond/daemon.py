@@ -17,6 +17,7 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
@@ -25,14 +26,13 @@ from linkmond import __version__, rtnl
 from linkmond.config import Config, ConfigError
 from linkmond.events import Event, EventFactory
 from linkmond.fanout import Fanout, SinkCounters, SinkWorker
-from linkmond.filters import GlobFilter
 from linkmond.logs import configure as configure_logs
 from linkmond.notify import Notifier, watchdog_interval
 from linkmond.publisher import Publisher
 from linkmond.sinks import Sink, SinkError, build_sink
-from linkmond.snapshot import StateFile
 from linkmond.source import current_netns_name
 from linkmond.watcher import NetnsWatcher, tune_gc
+from linkmond.watchers import Watchers
 
 if TYPE_CHECKING:
     from linkmond.metrics import MetricsServer
@@ -67,7 +67,8 @@ def _reason(exc: BaseException) -> str:
 
 
 class Daemon:
-    """One run of linkmond: a namespace watcher feeding a publisher feeding a fan-out of sinks.
+    """One run of linkmond: a watcher per namespace (:class:`~linkmond.watchers.Watchers`),
+    each feeding its publisher, all feeding one fan-out of sinks.
 
     ``reload_config`` is called on SIGHUP for the new configuration (None: nothing to
     re-read, SIGHUP only reopens files); ``sinks`` overrides building them from the config;
@@ -91,26 +92,22 @@ class Daemon:
         }
         #: events handed to the sinks, by (netns, type): linkmond_events_total
         self.event_counts: dict[tuple[str, str], int] = {}
-        self.publisher = Publisher(
+        #: the daemon's own events (daemon.stopping at the end), in its own namespace's name
+        self.publisher = Publisher(self.factory, self._deliver)
+        #: save the cache and reconcile it at the next start ([monitor] reconcile_on_start,
+        #: for the whole run)
+        self.saving = config.monitor.reconcile_on_start
+        self.watchers = Watchers(
             self.factory,
             self._deliver,
-            groups=config.monitor.groups,
-            interfaces=GlobFilter(config.monitor.interfaces),
-            wants=self.fanout.wants,
-        )
-        self.watcher = NetnsWatcher(
-            self.publisher,
-            groups=config.monitor.groups,
-            receive_buffer=config.monitor.receive_buffer,
-            backpressure=self.fanout,
+            self.fanout,
+            config.monitor,
+            saving=self.saving,
+            state_directory=self._state_directory,
             passed_socket=passed_socket,
         )
         self.notifier = Notifier()
-        #: save the cache and reconcile it at the next start ([monitor] reconcile_on_start,
-        #: for the whole run); the saver task, and what the last save had seen
-        self.saving = config.monitor.reconcile_on_start
         self._saver: asyncio.Task[None] | None = None
-        self._saved_at: tuple[int, int] | None = None
         self.metrics: MetricsServer | None = None
         self.stop_reason = ""
         self._stop = asyncio.Event()
@@ -135,9 +132,16 @@ class Daemon:
         self.event_counts[key] = self.event_counts.get(key, 0) + 1
         self.fanout.publish(event)
 
+    def _state_directory(self) -> Path:
+        return self.config.state_directory()  # the current config's: a reload may move it
+
     def namespaces(self) -> list[tuple[str, NetnsWatcher]]:
         """The watched namespaces by name, with their watchers (what the metrics read)."""
-        return [(self.factory.netns, self.watcher)]
+        return self.watchers.items()
+
+    def resync_events(self) -> int:
+        """Events flagged ``resync`` published during the run, in every namespace."""
+        return self.watchers.resync_events()
 
     def request_stop(self, reason: str) -> None:
         """Ask the main loop to end (signal handlers call this)."""
@@ -182,7 +186,8 @@ class Daemon:
     # -- the three steps -------------------------------------------------------------------
 
     async def startup(self) -> None:
-        """Sinks first (so nothing published is lost), then subscribe and fill the cache."""
+        """Sinks first (so nothing published is lost), then subscribe and fill the cache of
+        every watched namespace (each announced by its ``daemon.started``)."""
         rtnl.load_system_names()
         sys.setswitchinterval(SWITCH_INTERVAL)
         loop = asyncio.get_running_loop()
@@ -192,27 +197,12 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         await self._start_metrics()
         await self.fanout.start()
-        restored = self._restore_state()
-        await self.watcher.start(restored)
+        await self.watchers.start()
         tune_gc()
-        counts = self.watcher.state.counts()
-        sock = self.watcher.sock
-        self.publisher.daemon_event(
-            "started",
-            {
-                "version": __version__,
-                "pid": os.getpid(),
-                "netns": self.factory.netns,
-                "groups": list(self.config.monitor.groups),
-                "receive_buffer": sock.receive_buffer if sock else 0,
-                "counts": counts,
-                "links_with_carrier": self.watcher.state.links_with_carrier(),
-            },
-        )
         self.notifier.ready(self.status_line())
-        log.info("started", netns=self.factory.netns, **counts)
+        log.info("started", version=__version__, netns=sorted(self.watchers.active))
         if self.saving:  # a fresh cache is saved at once: a crash soon after still has one
-            self._saver = asyncio.create_task(self._save_periodically(first=not restored))
+            self._saver = asyncio.create_task(self._save_periodically())
 
     async def main_loop(self) -> None:
         """Refresh STATUS= and carry out reloads until asked to stop.
@@ -248,7 +238,8 @@ class Daemon:
     async def shutdown(self) -> None:
         """Stop reading, publish ``daemon.stopping`` last, drain the sinks within the timeout."""
         self.notifier.stopping()
-        self.watcher.stop()
+        self.watchers.stop()
+        await self.watchers.wait_started()
         self.fanout.release_held()  # so that daemon.stopping is the last event everywhere
         stats = self.stats()
         self.publisher.daemon_event(
@@ -262,6 +253,7 @@ class Daemon:
         saved = asyncio.create_task(self._save_at_stop())  # while the sinks drain
         left = await self.fanout.drain(self.config.daemon.drain_timeout)
         await saved
+        self.watchers.close()
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
         if self.metrics is not None:  # served until now: the final counts can be scraped
@@ -297,7 +289,6 @@ class Daemon:
         log.info("SIGHUP: reloading")
         try:
             new = self.reload_config() if self.reload_config else self.config
-            interfaces = GlobFilter(new.monitor.interfaces)
             unchanged, started = await self._start_sinks(new)
         except Exception as exc:
             log.error(
@@ -310,17 +301,13 @@ class Daemon:
             self.notifier.ready(self.status_line())
             return
         self._swap_sinks(new, unchanged, started)
+        await self.watchers.reconfigure(new.monitor)
         if list(new.monitor.groups) != list(self.config.monitor.groups):
             log.warning("[monitor] groups changed: takes effect at the next restart")
         if new.monitor.reconcile_on_start != self.saving:
             log.warning("[monitor] reconcile_on_start changed: takes effect at the next restart")
         if new.metrics != self.config.metrics:
             log.warning("[metrics] listen changed: takes effect at the next restart")
-        self.publisher.interfaces = interfaces
-        try:
-            self.watcher.set_receive_buffer(new.monitor.receive_buffer)
-        except OSError as exc:
-            log.warning("receive buffer not changed", error=exc.strerror or str(exc))
         configure_logs(new.log.level, new.log.format)
         self.config = new
         log.info("reloaded", kept=sorted(unchanged), started=sorted(w.name for w in started))
@@ -391,50 +378,39 @@ class Daemon:
         """The reader's counters: messages, events, malformed, overflows, resyncs, dumps by
         kind, and how often and how long full lossless sinks paused the reader."""
         stats: dict[str, int | float] = {"events": self.publisher.events}
-        stats.update(self.watcher.counters())
+        for key, value in self.watchers.counters().items():
+            stats[key] = stats.get(key, 0) + value
         stats.update(self.fanout.pause_stats())
         return stats
 
     def status_line(self) -> str:
         """What ``systemctl status`` shows: carrier, events, drops, overflows, pauses."""
-        state = self.watcher.state
-        links = len(state.tables["link"])
+        carrier, links = self.watchers.link_counts()
         counters = self.fanout.counters()
         dropped = sum(c["dropped"] for c in counters.values())
         pauses = self.fanout.pause_stats()
+        stats = self.watchers.counters()
+        watched = len(self.watchers)
         return (
-            f"{state.links_with_carrier()}/{links} links with carrier; "
-            f"{self.publisher.events} events; {dropped} dropped; "
-            f"{self.watcher.stats.overflows} overflows; "
+            (f"{watched} namespaces; " if watched != 1 else "")
+            + f"{carrier}/{links} links with carrier; "
+            f"{self.publisher.events + self.watchers.events()} events; {dropped} dropped; "
+            f"{stats.get('overflows', 0)} overflows; "
             f"reader paused {pauses['pauses']}x for {pauses['paused_seconds']:.1f}s"
         )
 
     # -- the saved state (linkmond.snapshot) -----------------------------------------------
 
-    def _state_file(self) -> StateFile:
-        return StateFile(self.config.state_directory(), self.factory.netns)
-
-    def _restore_state(self) -> frozenset[str]:
-        """Put the saved state back into the cache; the tables restored (none: start fresh).
-
-        With ``reconcile_on_start`` off, a state an earlier run saved is removed instead: it
-        must never be reconciled later as if it were recent.
-        """
-        if not self.saving:
-            self._state_file().discard()
-            return frozenset()
-        return self._state_file().load(self.watcher.state, self.watcher.tables)
-
-    async def _save_periodically(self, first: bool) -> None:
-        """Save now if ``first``, then every ``[daemon] save_interval`` (read anew each time,
-        so a reload changes it from the next save on; 0: only at shutdown)."""
-        if first:
-            await self._save()
+    async def _save_periodically(self) -> None:
+        """Save the caches not filled from a saved state now, then every ``[daemon]
+        save_interval`` (read anew each time, so a reload changes it from the next save on;
+        0: only at shutdown)."""
+        await self.watchers.save(fresh_only=True)
         while True:
             interval = self.config.daemon.save_interval
             await asyncio.sleep(interval or 60.0)
             if interval:
-                await self._save()
+                await self.watchers.save()
 
     async def _save_at_stop(self) -> None:
         """The last save, after reading stopped (so it is exact), bounded in time."""
@@ -446,43 +422,10 @@ class Daemon:
             return
         try:
             async with asyncio.timeout(SAVE_AT_STOP_TIMEOUT):
-                await self._save(slice_seconds=0.02)  # nothing to read any more: larger slices
+                await self.watchers.save(0.02, always=True)  # nothing to read: larger slices
         except TimeoutError:
             log.error(
                 "state not saved: took too long",
-                path=str(self._state_file().path),
+                directory=str(self.config.state_directory()),
                 timeout=SAVE_AT_STOP_TIMEOUT,
             )
-
-    async def _save(self, slice_seconds: float = 0.001) -> None:
-        """Save the cache, unless it is not filled yet or nothing was read since the last
-        save. A failure is logged; the old file, if any, stays as it was."""
-        watcher = self.watcher
-        if watcher.scheduler is None or not watcher.scheduler.ready:
-            return  # still being filled silently: it is not what the sinks were told
-        seen = (watcher.stats.messages, self.publisher.events)
-        if seen == self._saved_at:
-            return
-        state_file = self._state_file()
-        try:
-            report = await state_file.save(watcher.state, watcher.tables, slice_seconds)
-        except OSError as exc:
-            log.warning(
-                "state not saved", path=str(state_file.path), error=exc.strerror or str(exc)
-            )
-            return
-        except Exception as exc:  # a bug must not end the saving for the rest of the run
-            log.error("state not saved", path=str(state_file.path), exc_info=exc)
-            return
-        self._saved_at = seen
-        log.info(
-            "state saved",
-            path=str(state_file.path),
-            bytes=report.bytes,
-            seconds=round(report.seconds, 3),
-            longest_slice_ms=round(report.longest_slice_ms, 2),
-            longest_slice_cpu_ms=round(report.longest_slice_cpu_ms, 2),
-            sync_seconds=round(report.sync_seconds, 3),
-            slices=report.slices,
-            **report.counts,
-        )

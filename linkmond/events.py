@@ -162,9 +162,15 @@ class EventFactory:
         self._id_tail = f"-{r[:4]}-{r[4:]}"
 
     def make(
-        self, type_: str, subject: str, data: dict[str, Any], t_ns: int | None = None
+        self,
+        type_: str,
+        subject: str,
+        data: dict[str, Any],
+        t_ns: int | None = None,
+        netns: str | None = None,
     ) -> Event:
-        """Build the next event of this run; ``t_ns`` overrides the time (replay uses it)."""
+        """Build the next event of this run; ``t_ns`` overrides the time (replay uses it),
+        ``netns`` the namespace (one factory, so one ``seq``, serves every watched one)."""
         now = time.time_ns() if t_ns is None else t_ns
         self.seq += 1
         event = Event.__new__(Event)
@@ -179,7 +185,7 @@ class EventFactory:
                 "time": _rfc3339(now),
                 "subject": subject,
                 "seq": self.seq,
-                "netns": self.netns,
+                "netns": netns or self.netns,
                 "data": data,
             },
         )

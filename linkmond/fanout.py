@@ -81,10 +81,20 @@ class EventQueue:
 _RECOVERY: Final = {"link.carrier_lost": "link.carrier_up", "link.admin_down": "link.admin_up"}
 
 
+#: a link across namespaces: (netns, ifindex); every namespace numbers its links from 1
+LinkKey = tuple[str, int]
+
+
+def link_key(event: Event) -> LinkKey:
+    """Which link a ``link.*`` event is about, in which namespace."""
+    return event.netns, event.data["ifindex"]
+
+
 class HoldDown:
     """Flap damping for one sink: a link loss is delivered only if still lost after ``delay``.
 
-    ``link.carrier_lost`` / ``link.admin_down`` are held per link; the matching recovery
+    ``link.carrier_lost`` / ``link.admin_down`` are held per link (per namespace and
+    ifindex: :func:`link_key`); the matching recovery
     within ``delay`` swallows both and counts a suppressed flap (and, for an admin flap of a
     link that had carrier, the ``carrier_up`` that follows ``admin_up``). It sees every link
     event before the sink's type filter, so a sink that does not want recoveries still has its
@@ -100,9 +110,9 @@ class HoldDown:
         self.delay = delay
         self.deliver = deliver
         self.wants = wants
-        self.held: dict[int, tuple[Event, asyncio.TimerHandle]] = {}
-        self.flaps: dict[int, int] = {}
-        self._quiet_until: dict[int, float] = {}  # swallow carrier_up after an admin flap
+        self.held: dict[LinkKey, tuple[Event, asyncio.TimerHandle]] = {}
+        self.flaps: dict[LinkKey, int] = {}
+        self._quiet_until: dict[LinkKey, float] = {}  # swallow carrier_up after an admin flap
 
     def offer(self, event: Event) -> None:
         """Hold, swallow or pass ``event`` on to ``deliver``."""
@@ -110,7 +120,7 @@ class HoldDown:
             if self.wants(event.type):
                 self.deliver(event)
             return
-        link = event.data["ifindex"]
+        link = link_key(event)
         now = asyncio.get_running_loop().time()
         if event.type == "link.carrier_up" and self._quiet_until.pop(link, 0.0) >= now:
             return
@@ -132,7 +142,7 @@ class HoldDown:
         if event.type == "link.removed":
             self.forget(link)
 
-    def forget(self, link: int) -> None:
+    def forget(self, link: LinkKey) -> None:
         """``link`` was removed: deliver a loss still held for it and keep nothing more about
         it (its flap count would otherwise stay forever, or pass to the next link the kernel
         gives its ifindex)."""
@@ -140,7 +150,13 @@ class HoldDown:
         self.flaps.pop(link, None)
         self._quiet_until.pop(link, None)
 
-    def release(self, link: int) -> None:
+    def forget_netns(self, netns: str) -> None:
+        """Namespace ``netns`` is no longer watched: :meth:`forget` each of its links."""
+        for link in {*self.held, *self.flaps, *self._quiet_until}:
+            if link[0] == netns:
+                self.forget(link)
+
+    def release(self, link: LinkKey) -> None:
         """Deliver the loss held for ``link`` now (its hold-down expired, or shutdown)."""
         held = self.held.pop(link, None)
         if held is not None:
@@ -152,7 +168,7 @@ class HoldDown:
         for link in list(self.held):
             self.release(link)
 
-    def _deliver(self, event: Event, link: int) -> None:
+    def _deliver(self, event: Event, link: LinkKey) -> None:
         if not self.wants(event.type):
             return
         flaps = self.flaps.pop(link, 0)
@@ -236,7 +252,7 @@ class SinkWorker:
             ifname = event.ifname
             if ifname is not None and not self.interfaces.match(ifname):
                 if self.hold_down is not None and event.type == "link.removed":
-                    self.hold_down.forget(event.data["ifindex"])  # renamed out of the filter
+                    self.hold_down.forget(link_key(event))  # renamed out of the filter
                 return
         if self.hold_down is not None:
             self.hold_down.offer(event)  # it applies the type filter itself, after damping
@@ -592,6 +608,13 @@ class Fanout:
         """Start every sink and worker."""
         for worker in self.workers:
             await worker.start()
+
+    def forget_netns(self, netns: str) -> None:
+        """Namespace ``netns`` is no longer watched: every sink delivers the losses it holds
+        for its links and forgets them."""
+        for worker in self.workers:
+            if worker.hold_down is not None:
+                worker.hold_down.forget_netns(netns)
 
     def release_held(self) -> None:
         """Deliver every loss held by hold-down now (shutdown, before ``daemon.stopping``)."""

@@ -153,7 +153,7 @@ def snapshot(daemon: Daemon) -> Snapshot:
     return Snapshot(
         namespaces=namespaces,
         sinks=sinks,
-        resync_events=daemon.publisher.resync_events,
+        resync_events=daemon.resync_events(),
         paused_seconds=float(daemon.fanout.pause_stats()["paused_seconds"]),
     )
 

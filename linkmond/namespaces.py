@@ -11,6 +11,7 @@ in). Entering a namespace needs CAP_SYS_ADMIN.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import threading
 from collections.abc import Callable
@@ -61,6 +62,12 @@ def inside(name: str, make: Callable[[], _T], run_dir: Path = RUN_NETNS) -> _T:
     Raises OSError when the namespace cannot be entered (ENOENT: no such name; EPERM: this
     process may not enter namespaces; EINVAL: not a namespace).
     """
+    return _in_thread(str(namespace_path(name, run_dir)), name, make)
+
+
+def _in_thread(target: str | int, label: str, make: Callable[[], _T]) -> _T:
+    """``make()`` from a new thread that first enters ``target`` (a path or an open nsfs
+    descriptor) and ends afterwards."""
     from pyroute2 import netns  # noqa: PLC0415 - only multi-namespace setups need it
 
     result: list[_T] = []
@@ -68,17 +75,81 @@ def inside(name: str, make: Callable[[], _T], run_dir: Path = RUN_NETNS) -> _T:
 
     def run() -> None:
         try:
-            netns.setns(str(namespace_path(name, run_dir)), flags=0)
+            netns.setns(target, flags=0)  # flags=0: never create a namespace
             result.append(make())
         except BaseException as exc:  # handed to the caller's thread
             error.append(exc)
 
-    thread = threading.Thread(target=run, name=f"linkmond-netns-{name}", daemon=True)
+    thread = threading.Thread(target=run, name=f"linkmond-netns-{label}", daemon=True)
     thread.start()
     thread.join()
     if error:
         raise error[0]
     return result[0]
+
+
+class Namespace:
+    """One watched network namespace: its name and a handle on that very instance.
+
+    The daemon's own namespace (:meth:`own`) needs nothing: sockets made anywhere in this
+    process belong to it. Another one (:meth:`open`) is held by an open descriptor of its
+    ``/run/netns`` file, so that every socket made for it later (a dump socket replaced after
+    a stall) lands in the same instance, even once the name is deleted or given to a new
+    namespace. Holding it keeps the namespace alive: :meth:`close` it when the name goes.
+    """
+
+    def __init__(self, name: str, fd: int | None) -> None:
+        self.name = name
+        #: an open nsfs descriptor; None for the daemon's own namespace
+        self.fd = fd
+        self.closed = False
+
+    @classmethod
+    def own(cls, name: str) -> Namespace:
+        """The namespace this process runs in, reported as ``name``."""
+        return cls(name, None)
+
+    @classmethod
+    def open(cls, name: str, run_dir: Path = RUN_NETNS) -> Namespace:
+        """The namespace ``ip netns`` knows as ``name``; raises OSError when there is none
+        (ENOENT) or the name is no namespace (EINVAL)."""
+        path = namespace_path(name, run_dir)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        if os.fstat(fd).st_dev != os.stat("/proc/self/ns/net").st_dev:
+            os.close(fd)
+            raise OSError(errno.EINVAL, "not a network namespace (not mounted yet?)", str(path))
+        return cls(name, fd)
+
+    @property
+    def is_own(self) -> bool:
+        """True for the daemon's own namespace."""
+        return self.fd is None
+
+    @property
+    def path(self) -> str:
+        """A path that names this namespace instance (for ``stat``)."""
+        return "/proc/self/ns/net" if self.fd is None else f"/proc/self/fd/{self.fd}"
+
+    def inode(self) -> tuple[int, int]:
+        """(st_dev, st_ino): what tells namespace instances apart during a boot."""
+        st = os.stat(self.path)
+        return st.st_dev, st.st_ino
+
+    def make(self, make: Callable[[], _T]) -> _T:
+        """``make()`` inside this namespace (see :func:`inside`). Raises OSError (EPERM:
+        entering namespaces needs CAP_SYS_ADMIN)."""
+        if self.fd is None:
+            return make()
+        return _in_thread(self.fd, self.name, make)
+
+    def close(self) -> None:
+        """Let go of the namespace (idempotent)."""
+        if self.fd is not None and not self.closed:
+            self.closed = True
+            os.close(self.fd)
+
+    def __repr__(self) -> str:
+        return f"Namespace({self.name!r})"
 
 
 class NamespaceDir:

@@ -1,6 +1,6 @@
 """From semantic changes to events: the monitor-wide filters, then stamping, then the fan-out.
 
-One :class:`Publisher` serves every source (each watched namespace, or a replayed file): it
+One :class:`Publisher` serves each source (a watched namespace, or a replayed file): it
 applies ``[monitor] groups`` and ``interfaces``, asks whether any sink wants the event at all
 (an event nobody wants is never built), stamps ``seq``/``id``/``time``/``netns`` through the
 :class:`~linkmond.events.EventFactory` and hands the event on.
@@ -34,8 +34,11 @@ class Publisher:
         groups: Iterable[str] = TABLES,
         interfaces: GlobFilter | None = None,
         wants: Wants = _everything,
+        netns: str | None = None,
     ) -> None:
+        """``netns``: the namespace stamped on the events (None: the factory's)."""
         self.factory = factory
+        self.netns = netns
         self.deliver = deliver
         self.groups = frozenset(groups) | {"daemon"}
         self.interfaces = interfaces or GlobFilter(())
@@ -59,12 +62,12 @@ class Publisher:
         self.events += 1
         if not self.wants(type_, ifname):
             return True  # counted as seen; no sink takes it, so it is never built
-        self.deliver(self.factory.make(type_, change.subject, change.data, t_ns))
+        self.deliver(self.factory.make(type_, change.subject, change.data, t_ns, self.netns))
         return True
 
     def daemon_event(self, kind: str, data: dict[str, Any]) -> Event:
         """Publish a ``daemon.<kind>`` event (never filtered) and return it."""
-        event = self.factory.make(f"daemon.{kind}", "linkmond", data)
+        event = self.factory.make(f"daemon.{kind}", "linkmond", data, netns=self.netns)
         self.events += 1
         self.deliver(event)
         return event

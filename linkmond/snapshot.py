@@ -70,6 +70,7 @@ import orjson
 import structlog
 
 from linkmond import __version__, rtnl
+from linkmond.namespaces import Namespace
 from linkmond.routes import SEPARATOR, Hop, Route
 from linkmond.safefile import PRIVATE_MODE, UnsafeFileError, open_append, open_read
 from linkmond.state import TABLES, State
@@ -153,8 +154,8 @@ class Identity(NamedTuple):
     realtime: float = 0.0
 
 
-def identity() -> Identity:
-    """This boot and this network namespace instance."""
+def identity(namespace: Namespace | None = None) -> Identity:
+    """This boot and this network namespace instance (``namespace``'s; None: our own)."""
     # the unit passes systemd's %b, as /proc/sys is hidden from it (ProcSubset=pid)
     boot_id = os.environ.get(BOOT_ID_ENV, "")
     if not boot_id:
@@ -163,12 +164,20 @@ def identity() -> Identity:
         except (OSError, UnicodeDecodeError):
             boot_id = ""
     boot_id = boot_id.replace("-", "").lower()  # %b has no dashes, /proc's has
-    st = os.stat(NETNS)
+    st = os.stat(NETNS if namespace is None else namespace.path)
     cookie = None
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        cookie = struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+    with contextlib.suppress(OSError):
+        cookie = _netns_cookie() if namespace is None else namespace.make(_netns_cookie)
     boottime = time.clock_gettime(time.CLOCK_BOOTTIME)
     return Identity(boot_id, st.st_dev, st.st_ino, cookie, boottime, time.time())
+
+
+def _netns_cookie() -> int | None:
+    """The cookie of the namespace this thread is in (None where the kernel has none)."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        value: int = struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+        return value
+    return None
 
 
 def other_boot(saved: Identity, now: Identity) -> str | None:
@@ -228,9 +237,11 @@ class SaveReport:
 class StateFile:
     """The saved state of one watched namespace: ``<directory>/state-<netns>.jsonl``."""
 
-    def __init__(self, directory: Path, netns: str) -> None:
+    def __init__(self, directory: Path, netns: str, namespace: Namespace | None = None) -> None:
+        """``namespace``: the instance the state describes (None: this process's own)."""
         self.path = directory / f"state-{netns}.jsonl"
         self.netns = netns
+        self.namespace = namespace
 
     # -- at start --------------------------------------------------------------------------
 
@@ -261,7 +272,7 @@ class StateFile:
             )
             return frozenset()
         try:
-            ident = identity()
+            ident = identity(self.namespace)
         except OSError as exc:
             log.warning(
                 "cannot tell this boot and namespace: saved state not used",
@@ -337,7 +348,7 @@ class StateFile:
         clock = time.perf_counter
         began = clock()
         tables = [t for t in TABLES if t in set(tables)]
-        ident = identity()
+        ident = identity(self.namespace)
         header = {
             "format": FORMAT,
             "version": VERSION,

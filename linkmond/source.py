@@ -40,6 +40,16 @@ DUMP_READ: Final = 8192
 _DEVICE_FILTER: Final = {"route": rtnl.RTA_OIF, "neigh": rtnl.NDA_IFINDEX}
 
 
+def open_raw() -> socket.socket:
+    """A new non-blocking NETLINK_ROUTE socket, unbound; it belongs to the network namespace
+    of the thread that calls this."""
+    return socket.socket(
+        socket.AF_NETLINK,
+        socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+        rtnl.NETLINK_ROUTE,
+    )
+
+
 class NetlinkSocket:
     """A non-blocking NETLINK_ROUTE socket joined to rtnetlink multicast groups.
 
@@ -53,7 +63,11 @@ class NetlinkSocket:
         receive_buffer: int = 0,
         *,
         passed: socket.socket | None = None,
+        made: socket.socket | None = None,
     ) -> None:
+        """``passed``: a socket systemd created, bound already; ``made``: one from
+        :func:`open_raw` made elsewhere (inside another namespace), not bound yet; neither:
+        one is made here, in this process's namespace."""
         #: True for a socket systemd created and passed (``linkmond.socket``): its receive
         #: buffer was forced by PID 1 and is only ever grown, never set lower
         self.passed = passed is not None
@@ -63,11 +77,7 @@ class NetlinkSocket:
             passed.setblocking(False)
             self.sock = passed
         else:
-            self.sock = socket.socket(
-                socket.AF_NETLINK,
-                socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-                rtnl.NETLINK_ROUTE,
-            )
+            self.sock = made if made is not None else open_raw()
         try:
             self.requested_buffer = receive_buffer
             if receive_buffer:

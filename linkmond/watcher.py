@@ -54,9 +54,10 @@ import structlog
 
 from linkmond import rtnl
 from linkmond.decode import DecodeError, decode, read_errno, split_messages
+from linkmond.namespaces import Namespace
 from linkmond.publisher import Publisher
 from linkmond.scheduler import Dump, DumpScheduler
-from linkmond.source import READ_SIZE, NetlinkSocket, is_overflow
+from linkmond.source import READ_SIZE, NetlinkSocket, is_overflow, open_raw
 from linkmond.state import TABLES, Change, State
 
 log = structlog.get_logger("linkmond.watcher")
@@ -201,11 +202,16 @@ class NetnsWatcher:
         receive_buffer: int = 0,
         backpressure: Backpressure | None = None,
         passed_socket: socket.socket | None = None,
+        namespace: Namespace | None = None,
     ) -> None:
         """``passed_socket``: the rtnetlink socket systemd created for us (socket activation,
         see :func:`linkmond.source.take_passed_socket`), used for notifications instead of
-        opening one; it is never replaced, so its forced receive buffer lasts."""
+        opening one; it is never replaced, so its forced receive buffer lasts.
+        ``namespace``: the namespace to watch, whose sockets are made inside it (None: this
+        process's own)."""
         self.publisher = publisher
+        self.namespace = namespace
+        self._log = log.bind(netns=namespace.name) if namespace is not None else log
         self._passed_socket = passed_socket
         groups = frozenset(groups)
         self.tables = tuple(t for t in TABLES if t == "link" or t in groups)
@@ -249,11 +255,13 @@ class NetnsWatcher:
         dump_sock = self._open_dump_socket()
         filtered = dump_sock.enable_strict_check()
         if not filtered:
-            log.warning("the kernel refuses NETLINK_GET_STRICT_CHK; re-reading whole tables")
+            self._log.warning("the kernel refuses NETLINK_GET_STRICT_CHK; re-reading whole tables")
         if sock.passed:
-            log.info("using the netlink socket systemd passed", receive_buffer=sock.receive_buffer)
+            self._log.info(
+                "using the netlink socket systemd passed", receive_buffer=sock.receive_buffer
+            )
         if self.receive_buffer > sock.receive_buffer:
-            log.warning(
+            self._log.warning(
                 "receive buffer capped by net.core.rmem_max",
                 requested=self.receive_buffer,
                 effective=sock.receive_buffer,
@@ -289,15 +297,23 @@ class NetnsWatcher:
     def _open_socket(self) -> NetlinkSocket:
         groups = [g for t in self.tables for g in rtnl.GROUPS[t]]
         passed, self._passed_socket = self._passed_socket, None
-        sock = NetlinkSocket(groups, self.receive_buffer, passed=passed)
+        made = None if passed is not None else self._make_raw()
+        sock = NetlinkSocket(groups, self.receive_buffer, passed=passed, made=made)
         self.sock = sock
         assert self._loop is not None
         if not self._reading.paused:
             self._loop.add_reader(sock.fileno(), self._on_readable)
         return sock
 
+    def _make_raw(self) -> socket.socket | None:
+        """A raw socket made inside the watched namespace; None: make one here."""
+        namespace = self.namespace
+        if namespace is None or namespace.is_own:
+            return None
+        return namespace.make(open_raw)
+
     def _open_dump_socket(self) -> NetlinkSocket:
-        sock = NetlinkSocket()
+        sock = NetlinkSocket(made=self._make_raw())
         self.dump_sock = sock
         assert self._loop is not None
         if not self._dumping.paused:
@@ -310,6 +326,8 @@ class NetnsWatcher:
         A dump the kernel left stalled, or an answer that cannot be trusted, ends with the
         socket it was on; notifications go on arriving on theirs meanwhile.
         """
+        if self._stopping:
+            return
         scheduler = self.scheduler
         if scheduler is not None and not (
             scheduler.in_overflow_round or scheduler.overflow_pending
@@ -468,7 +486,7 @@ class NetnsWatcher:
                 self._apply(mtype, buf, start, end, replace=bool(mflags & rtnl.NLM_F_REPLACE))
         except DecodeError as exc:
             self.stats.malformed += 1
-            log.warning("malformed netlink datagram skipped", error=str(exc))
+            self._log.warning("malformed netlink datagram skipped", error=str(exc))
 
     def feed_dump(self, buf: Any, length: int) -> None:
         """Process one datagram of the dump socket: parts of the running dump's answer."""
@@ -493,7 +511,7 @@ class NetnsWatcher:
                     self._apply(mtype, buf, start, end, emit=current.emit, dump=True)
         except DecodeError as exc:
             self.stats.malformed += 1
-            log.warning("malformed netlink datagram skipped", error=str(exc))
+            self._log.warning("malformed netlink datagram skipped", error=str(exc))
 
     def _errno(self, buf: bytes, start: int, end: int, default: int) -> int:
         if end - start < 4 and not default:
@@ -520,7 +538,7 @@ class NetnsWatcher:
             decoded = decode(mtype, buf, start, end)
         except DecodeError as exc:
             self.stats.malformed += 1
-            log.warning("malformed netlink message skipped", type=mtype, error=str(exc))
+            self._log.warning("malformed netlink message skipped", type=mtype, error=str(exc))
             return
         if decoded is None:
             return
@@ -585,11 +603,11 @@ class NetnsWatcher:
     def _finish_dump(self, dump: Dump, sweep: bool) -> int:
         self.dump_times.observe(time.monotonic() - self._dump_began)
         if not sweep:
-            log.debug("dump ended without a sweep", scope=str(dump.scope), parts=dump.parts)
+            self._log.debug("dump ended without a sweep", scope=str(dump.scope), parts=dump.parts)
             self.state.abort_resync()
             return 0
         removed, queued = self.state.end_resync(emit=dump.emit)
-        log.debug(
+        self._log.debug(
             "dump ended",
             scope=str(dump.scope),
             parts=dump.parts,
@@ -610,7 +628,7 @@ class NetnsWatcher:
         if scheduler is None:
             return
         if not self._overflow_warned:
-            log.warning(
+            self._log.warning(
                 "netlink receive buffer overflowed; re-dumping", overflows=self.stats.overflows
             )
             self._overflow_warned = True
@@ -625,7 +643,7 @@ class NetnsWatcher:
         if overflow_round and scheduler is not None and scheduler.round_kind == "reconcile":
             produced = self.publisher.resync_events - self._resync_mark
             self._resync_mark = self.publisher.resync_events
-            log.info("reconciled the saved state with the kernel", events=produced)
+            self._log.info("reconciled the saved state with the kernel", events=produced)
         elif overflow_round:
             self.stats.resyncs += 1
             produced = self.publisher.resync_events - self._resync_mark

@@ -153,6 +153,29 @@ async def test_a_removed_links_flap_count_rides_on_its_removal_never_on_a_succes
     assert delivered[1].data["flaps_suppressed"] == 1
 
 
+async def test_links_of_two_namespaces_with_the_same_ifindex_are_held_apart() -> None:
+    """Every namespace numbers its links from 1: hold-down keys on (netns, ifindex)."""
+    factory = EventFactory("/linkmond/t", "default")
+    delivered: list[Event] = []
+    hold = HoldDown(10, delivered.append, lambda _: True)
+
+    def in_ns(netns: str, type_: str) -> Event:
+        return factory.make(type_, "eth0", {"ifindex": 2, "ifname": "eth0"}, netns=netns)
+
+    hold.offer(in_ns("blue", "link.carrier_lost"))
+    hold.offer(in_ns("red", "link.carrier_up"))  # not blue's recovery
+    assert [(e.netns, e.type) for e in delivered] == [("red", "link.carrier_up")]
+    assert list(hold.held) == [("blue", 2)]
+    hold.offer(in_ns("red", "link.carrier_lost"))
+    # blue is let go of: its held loss is delivered and nothing of it is kept; red's stays
+    hold.forget_netns("blue")
+    assert [(e.netns, e.type) for e in delivered][1:] == [("blue", "link.carrier_lost")]
+    assert list(hold.held) == [("red", 2)]
+    hold.offer(in_ns("red", "link.carrier_up"))
+    assert hold.flaps == {("red", 2): 1}
+    assert len(delivered) == 2
+
+
 async def test_a_sink_forgets_a_link_whose_removal_its_interface_filter_drops() -> None:
     """Renamed out of the sink's ``interfaces`` before it was removed: the removal never
     reaches the hold-down, which must forget the link all the same."""
@@ -169,7 +192,7 @@ async def test_a_sink_forgets_a_link_whose_removal_its_interface_filter_drops() 
 
     worker.offer(named("link.carrier_lost", "eth0"))
     worker.offer(named("link.carrier_up", "eth0"))
-    assert hold.flaps == {5: 1}
+    assert hold.flaps == {("default", 5): 1}
     worker.offer(named("link.changed", "wan0"))  # renamed: filtered out from here on
     # the publisher builds the removal for it all the same (it asks the fan-out first)
     fanout = Fanout([worker])

@@ -55,6 +55,9 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 INSIDE_ENV = ("PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "SYSTEMD_COLORS=0")
 EVENTS = "/var/log/linkmond/events.jsonl"
 SYSTEM_CONFIG = ROOT / "config" / "linkmond.system.toml"
+NETNS_CONFIG = ROOT / "config" / "linkmond.netns.toml"
+NETNS_DROPIN = ROOT / "systemd" / "linkmond-netns.conf"
+DROPIN_PATH = "/etc/systemd/system/linkmond.service.d/netns.conf"
 
 
 # -- the rootfs: debootstrap once, cache, copy per run -----------------------------------------
@@ -219,10 +222,18 @@ class Machine:
         """The host path of a file inside the container."""
         return self.root / inside.lstrip("/")
 
-    def show(self, *props: str) -> dict[str, str]:
-        """``systemctl show linkmond -p …`` as a dict."""
-        out = self.run("systemctl", "show", "linkmond.service", "-p", ",".join(props)).stdout
+    def show(self, *props: str, unit: str = "linkmond.service") -> dict[str, str]:
+        """``systemctl show UNIT -p …`` as a dict."""
+        out = self.run("systemctl", "show", unit, "-p", ",".join(props)).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def status(self, pid: int | str) -> dict[str, str]:
+        """``/proc/PID/status`` inside, as a dict of stripped values."""
+        text = self.run("cat", f"/proc/{pid}/status").stdout
+        return {
+            key: value.strip()
+            for key, _, value in (line.partition(":") for line in text.splitlines())
+        }
 
     def events(self, path: str = EVENTS) -> list[dict[str, Any]]:
         """Every event the daemon wrote to a file sink (read from the host side)."""
@@ -264,13 +275,13 @@ class Machine:
         )
         return name
 
-    def diagnose(self, extra: str = "") -> str:
+    def diagnose(self, extra: str = "", unit: str = "linkmond.service") -> str:
         """The service's status and journal plus the boot log, for assertion messages."""
         parts = [extra]
         if self.pid1:
             for cmd in (
-                ("systemctl", "status", "--no-pager", "linkmond.service"),
-                ("journalctl", "--no-pager", "-n", "40", "-u", "linkmond.service"),
+                ("systemctl", "status", "--no-pager", unit),
+                ("journalctl", "--no-pager", "-n", "40", "-u", unit),
                 ("systemctl", "--failed", "--no-pager"),
             ):
                 with contextlib.suppress(Exception):
@@ -321,6 +332,11 @@ def install(machine: Machine, wheels: str) -> None:
         SYSTEM_CONFIG: "/etc/linkmond/linkmond.toml",
         ROOT / "systemd" / "linkmond.logrotate": "/etc/logrotate.d/linkmond",
         ROOT / "systemd" / "linkmond.catalog": "/usr/lib/systemd/catalog/linkmond.catalog",
+        # watching other namespaces (docs/install.md): the template, its socket, its config;
+        # the netns.conf drop-in is installed by the test that uses it, and removed again
+        ROOT / "systemd" / "linkmond@.service": "/etc/systemd/system/linkmond@.service",
+        ROOT / "systemd" / "linkmond@.socket": "/etc/systemd/system/linkmond@.socket",
+        NETNS_CONFIG: "/etc/linkmond/linkmond-netns.toml",
     }
     for src, dest in copies.items():
         if src.exists():  # the catalog arrives with the journal sink
@@ -650,6 +666,195 @@ def test_a_cable_pulled_while_the_service_was_stopped_is_reported_at_its_start(
     started = [e for e in machine.events() if e["type"] == "daemon.started"]
     assert started[-1]["seq"] < lost["seq"]  # after this run's daemon.started
     assert machine.show("ActiveState")["ActiveState"] == "active", machine.diagnose()
+
+
+# -- other network namespaces (docs/install.md: "Watching other network namespaces") --------
+
+#: CAP_SYS_ADMIN's bit in /proc/PID/status: what the netns.conf drop-in grants, and only it
+SYS_ADMIN = 1 << 21
+CAPS = ("CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb")
+
+
+@contextlib.contextmanager
+def named_namespace(machine: Machine) -> Iterator[str]:
+    """``ip netns add`` a namespace of a unique name inside the container; deleted after."""
+    name = f"lmns{uuid.uuid4().hex[:6]}"
+    machine.run("ip", "netns", "add", name)
+    try:
+        machine.run("ip", "-n", name, "link", "set", "lo", "up")
+        yield name
+    finally:
+        machine.run("ip", "netns", "del", name, check=False)
+        assert name not in machine.run("ip", "netns", "list").stdout
+
+
+def add_veth(machine: Machine, netns: str) -> str:
+    """A veth pair inside ``netns``, both ends up; returns the name of one end (the other is
+    that name + ``p``)."""
+    name = f"lmn{uuid.uuid4().hex[:6]}"
+    machine.run("ip", "-n", netns, "link", "add", name, "type", "veth", "peer", "name", f"{name}p")
+    machine.run("ip", "-n", netns, "link", "set", name, "up")
+    machine.run("ip", "-n", netns, "link", "set", f"{name}p", "up")
+    return name
+
+
+def wait_journal(machine: Machine, match: Any, what: str, timeout: float = 20) -> dict[str, Any]:
+    """The first ``journalctl -t linkmond`` entry ``match`` accepts, waited for."""
+
+    def find() -> dict[str, Any] | None:
+        return next((e for e in machine.journal() if match(e)), None)
+
+    try:
+        return wait_for(find, timeout, what)  # type: ignore[no-any-return]
+    except AssertionError:
+        raise AssertionError(f"{what} not in the journal: {machine.journal()[-5:]}") from None
+
+
+def test_an_instance_watches_its_namespace_without_any_capability(machine: Machine) -> None:
+    """linkmond@NAME: PID 1 starts the daemon inside /run/netns/NAME and creates its socket
+    there; a cable pulled in that namespace reaches the journal with netns NAME, from a
+    daemon with no capability in a user namespace of its own; the host's daemon sees none
+    of it; the instance keeps its state in a directory of its own."""
+    with named_namespace(machine) as ns:
+        unit = f"linkmond@{ns}.service"
+        try:
+            done = machine.run("systemctl", "start", unit, check=False, timeout=60)
+            assert done.returncode == 0, machine.diagnose(done.stdout + done.stderr, unit)
+            props = machine.show("ActiveState", "MainPID", "UID", unit=unit)
+            assert props["ActiveState"] == "active", machine.diagnose(unit=unit)
+            pid = props["MainPID"]
+            assert machine.run("ip", "netns", "identify", pid).stdout.strip() == ns
+            status = machine.status(pid)
+            assert status["Uid"].split() == [props["UID"]] * 4
+            for cap in CAPS:
+                assert int(status[cap], 16) == 0, f"{cap}={status[cap]}"
+            assert (status["NoNewPrivs"], status["Seccomp"]) == ("1", "2")
+            # PrivateUsers=yes works with NetworkNamespacePath=: a user namespace of its own
+            user_ns = machine.run("readlink", f"/proc/{pid}/ns/user", "/proc/1/ns/user").stdout
+            assert len(set(user_ns.split())) == 2, user_ns
+            # the socket PID 1 made inside the namespace (linkmond@.socket), buffer forced
+            out = machine.run("ip", "netns", "exec", ns, "ss", "-f", "netlink", "-m", "-e").stdout
+            assert f"rb{2 * SOCKET_BUFFER}," in out, out
+            log = machine.run("journalctl", "--no-pager", "-u", unit, "-o", "cat").stdout
+            assert "using the netlink socket systemd passed" in log, log
+
+            veth = add_veth(machine, ns)
+            machine.run("ip", "-n", ns, "address", "add", "192.0.2.1/24", "dev", veth)
+            machine.run("ip", "-n", ns, "link", "set", f"{veth}p", "down")  # the cable
+            lost = wait_journal(
+                machine,
+                lambda e: (
+                    e.get("LINKMOND_TYPE") == "link.carrier_lost"
+                    and e.get("LINKMOND_IFNAME") == veth
+                ),
+                f"{veth} carrier_lost from {unit}",
+            )
+            print(f"journalctl -t linkmond, {unit}'s carrier loss:\n" + json.dumps(lost, indent=1))
+            assert lost["LINKMOND_NETNS"] == ns
+            assert lost["_SYSTEMD_UNIT"] == unit
+            assert json.loads(lost["LINKMOND_JSON"])["netns"] == ns
+            added = [
+                json.loads(e["LINKMOND_JSON"])
+                for e in machine.journal()
+                if e.get("LINKMOND_TYPE") == "addr.added" and e.get("LINKMOND_IFNAME") == veth
+            ]
+            assert [(a["netns"], a["data"]["address"]) for a in added] == [(ns, "192.0.2.1")]
+            # the host's daemon watches the host's namespace only
+            machine.barrier()
+            assert not any(e["subject"].startswith(veth) for e in machine.events())
+        finally:
+            machine.run("systemctl", "stop", unit, check=False, timeout=60)
+        props = machine.show("ActiveState", "Result", unit=unit)
+        assert props == {"ActiveState": "inactive", "Result": "success"}, machine.diagnose()
+        # PartOf=: the socket went with it, and holds the namespace no longer
+        socket_state = machine.run("systemctl", "is-active", f"linkmond@{ns}.socket", check=False)
+        assert socket_state.stdout.strip() == "inactive"
+        # the state saved at stop is in the instance's own directory, not linkmond.service's
+        state = machine.path(f"/var/lib/private/linkmond-netns/{ns}")
+        assert list(state.glob("state-*.jsonl")), sorted(state.parent.rglob("*"))
+        assert not list(machine.path("/var/lib/private/linkmond").glob(f"*{ns}*"))
+
+
+def test_the_drop_in_lets_the_unit_follow_namespaces_made_after_its_start(
+    machine: Machine,
+) -> None:
+    """linkmond.service with netns.conf and ``[monitor] netns = "all"``: exactly
+    CAP_SYS_ADMIN, no private user namespace; a namespace made after the start (and after
+    /run/netns was mounted in the unit's mount namespace) is followed, its events carry its
+    name. The unit's config and drop-ins are put back as they were after."""
+    config_path = "/etc/linkmond/linkmond.toml"
+    config_before = machine.path(config_path).read_text()
+    was_active = machine.show("ActiveState")["ActiveState"] == "active"
+    dropin = machine.path(DROPIN_PATH)
+    assert not dropin.exists()
+    try:
+        dropin.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(NETNS_DROPIN, dropin)
+        dropin.chmod(0o644)
+        config = re.sub(
+            r"^\[monitor\]\n", '[monitor]\nnetns = "all"\n', SYSTEM_CONFIG.read_text(), flags=re.M
+        )
+        assert 'netns = "all"' in config
+        machine.path(config_path).write_text(config)
+        machine.run("systemctl", "daemon-reload")
+        done = machine.run("systemctl", "restart", "linkmond", check=False, timeout=60)
+        assert done.returncode == 0, machine.diagnose(done.stdout + done.stderr)
+        pid = machine.show("MainPID")["MainPID"]
+        status = machine.status(pid)
+        for cap in ("CapEff", "CapPrm", "CapBnd", "CapAmb"):
+            assert int(status[cap], 16) == SYS_ADMIN, f"{cap}={status[cap]}"
+        assert (status["NoNewPrivs"], status["Seccomp"]) == ("1", "2")
+        user_ns = machine.run("readlink", f"/proc/{pid}/ns/user", "/proc/1/ns/user").stdout
+        assert len(set(user_ns.split())) == 1, user_ns  # PrivateUsers=no
+
+        with named_namespace(machine) as ns:  # made after the start
+            # followed once inotify reports it and the daemon has entered it: until then a
+            # veth made there is in the daemon's first dump of it (no event), so make one
+            # per try until a link.added from it arrives
+            deadline = time.monotonic() + 30
+            veth = ""
+            while True:
+                veth = add_veth(machine, ns)
+                try:
+                    added = machine.wait_event(
+                        lambda e: e["type"] == "link.added" and e["subject"] == veth,  # noqa: B023
+                        f"link.added {veth} from namespace {ns}",
+                        timeout=2,
+                    )
+                    break
+                except AssertionError:
+                    if time.monotonic() > deadline:
+                        raise
+            assert added["netns"] == ns
+            # followed now: what changes there is reported as it happens, with its name
+            machine.run("ip", "-n", ns, "address", "add", "198.51.100.1/24", "dev", veth)
+            addr = machine.wait_event(
+                lambda e: e["type"] == "addr.added" and e["subject"] == veth,
+                f"addr.added {veth} from namespace {ns}",
+            )
+            assert (addr["netns"], addr["data"]["address"]) == (ns, "198.51.100.1")
+            machine.run("ip", "-n", ns, "link", "set", f"{veth}p", "down")
+            lost = machine.wait_event(
+                lambda e: e["type"] == "link.carrier_lost" and e["subject"] == veth,
+                f"link.carrier_lost {veth} from namespace {ns}",
+            )
+            assert lost["netns"] == ns
+            # and the host's own changes still come as netns "default"
+            name = machine.barrier()
+            ours = [e for e in machine.events() if e["subject"] == name]
+            assert {e["netns"] for e in ours} == {"default"}  # (not empty: the barrier is there)
+        assert machine.show("ActiveState")["ActiveState"] == "active", machine.diagnose()
+    finally:
+        dropin.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            dropin.parent.rmdir()
+        machine.path(config_path).write_text(config_before)
+        machine.run("systemctl", "daemon-reload")
+        if was_active:
+            machine.run("systemctl", "restart", "linkmond", timeout=60)
+    if was_active:  # as before: no capability at all
+        status = machine.status(machine.show("MainPID")["MainPID"])
+        assert all(int(status[cap], 16) == 0 for cap in CAPS), status
 
 
 def test_stop_ends_with_result_success_and_daemon_stopping_last(machine: Machine) -> None:
