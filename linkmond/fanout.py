@@ -93,10 +93,10 @@ def link_key(event: Event) -> LinkKey:
 class HoldDown:
     """Flap damping for one sink: a link loss is delivered only if still lost after ``delay``.
 
-    ``link.carrier_lost`` / ``link.admin_down`` are held per link (per namespace and
-    ifindex: :func:`link_key`); the matching recovery
-    within ``delay`` swallows both and counts a suppressed flap (and, for an admin flap of a
-    link that had carrier, the ``carrier_up`` that follows ``admin_up``). It sees every link
+    ``link.carrier_lost`` / ``link.admin_down`` are held per link (by namespace and ifindex:
+    :func:`link_key`); the matching recovery within ``delay`` swallows both and counts a
+    suppressed flap (and, for an admin flap of a link that had carrier, the ``carrier_up``
+    that follows ``admin_up``). It sees every link
     event before the sink's type filter, so a sink that does not want recoveries still has its
     flaps damped. The count rides on the next event delivered for that link as
     ``data.flaps_suppressed``. A held loss keeps its id, seq and time, so it arrives after

@@ -423,7 +423,8 @@ class TableCounts(_Closed):
 
 
 class DaemonStartedData(_Closed):
-    """data of daemon.started: published once the kernel's state is cached."""
+    """data of daemon.started: published once the kernel's state is cached (once per
+    watched namespace)."""
 
     version: Annotated[str, Field(description="linkmond's version")]
     pid: Annotated[int, Field(ge=1)]
@@ -471,10 +472,16 @@ class SinkCounters(_Closed):
 
 
 class DaemonStoppingData(_Closed):
-    """data of daemon.stopping: the last event of a run, before the sinks drain."""
+    """data of daemon.stopping: the last event of a run, before the sinks drain (or of one
+    namespace's watch, when the daemon lets go of it)."""
 
     reason: Annotated[
-        str, Field(description="SIGTERM, SIGINT, stdout closed (monitor), or stopped")
+        str,
+        Field(
+            description="SIGTERM, SIGINT, stdout closed (monitor), or stopped; for one "
+            "namespace let go of while the daemon runs: netns removed, or no longer in "
+            "[monitor] netns"
+        ),
     ]
     stats: StopStats
     sinks: Annotated[dict[str, SinkCounters], Field(description="Counters by sink name")]
