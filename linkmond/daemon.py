@@ -114,6 +114,8 @@ class Daemon:
         self._wake = asyncio.Event()  # a reload is waiting
         self._reload_requested = False
         self._retiring: set[asyncio.Task[None]] = set()
+        #: what puts each sink's new options in force, for the reload being carried out
+        self._reconfigured: dict[str, Callable[[], None]] = {}
         #: the threads sinks write from (asyncio.to_thread), joined with a limit at the end
         self._executor = ThreadPoolExecutor(thread_name_prefix=_IO_THREADS)
 
@@ -279,7 +281,8 @@ class Daemon:
         """SIGHUP: re-read the config; on success swap what changed, else keep the old one.
 
         Sinks whose settings did not change keep their queues and state (and reopen their
-        files, for logrotate); new or changed sinks start; removed ones drain and close.
+        files, for logrotate); durable sinks (webhook) are reconfigured in place, keeping
+        their spool; other new or changed sinks start; removed ones drain and close.
         Everything that can fail (reading the config, building and starting the new sinks)
         happens before anything running is touched: a reload that fails for any reason is
         logged with the reason, leaves no new sink running, and the old configuration goes on
@@ -318,12 +321,18 @@ class Daemon:
         kept as they are and the started workers. Raises (:class:`ConfigError`,
         :class:`ReloadError`) with nothing left running: a started sink is closed again."""
         old = {w.name: w for w in self.fanout.workers}
+        self._reconfigured = {}
+        for name, options in new.sinks.items():
+            # a durable sink is reconfigured in place, keeping its spool and delivery; its
+            # secret or CA file is read again even under the same name (new contents)
+            if name in old and type(old[name].options) is type(options):
+                apply = old[name].sink.prepare(options)
+                if apply is not None:
+                    self._reconfigured[name] = apply
         unchanged = {
             name
             for name, options in new.sinks.items()
-            # a webhook sink is rebuilt anyway: its secret or CA file may have new contents
-            # under the same name (its spool hands over in order)
-            if name in old and old[name].options == options and options.type != "webhook"
+            if name in self._reconfigured or (name in old and old[name].options == options)
         }
         state_directory = new.state_directory()
         fresh: dict[str, Sink] = {}
@@ -336,13 +345,10 @@ class Daemon:
                 raise
             except Exception as exc:
                 raise ReloadError(f"sinks.{name}: cannot build the sink: {_reason(exc)}") from exc
-        # webhooks last: a started one takes over its spool's delivery from the sink it
-        # replaces, which a rollback (another sink failing after it) could not give back
-        order = sorted(fresh, key=lambda name: new.sinks[name].type == "webhook")
         started: list[SinkWorker] = []
         try:
-            for name in order:
-                worker = SinkWorker(name, fresh[name], new.sinks[name])
+            for name, sink in fresh.items():
+                worker = SinkWorker(name, sink, new.sinks[name])
                 try:
                     await worker.start(strict=True)
                 except Exception as exc:
@@ -362,6 +368,10 @@ class Daemon:
         self.fanout.workers = [
             old[name] if name in unchanged else fresh[name] for name in new.sinks
         ]
+        for name, apply in self._reconfigured.items():
+            apply()
+            old[name].update(new.sinks[name])
+        self._reconfigured = {}
         for name in unchanged:
             old[name].sink.reopen()
         retired = [w for name, w in old.items() if name not in unchanged]

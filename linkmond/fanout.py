@@ -27,6 +27,7 @@ from typing import Final
 
 import structlog
 
+from linkmond.backoff import Backoff
 from linkmond.config import SinkBase
 from linkmond.events import Event, with_data
 from linkmond.filters import GlobFilter
@@ -262,6 +263,31 @@ class SinkWorker:
     def _wants(self, type_: str) -> bool:
         return self.types.matches_all or self.types.match(type_)
 
+    def update(self, options: SinkBase) -> None:
+        """A reload changed this sink's options, and the sink was reconfigured in place
+        (a durable sink keeps its spool): filters, hold-down and buffer follow ``options``."""
+        old = self.options
+        self.options = options
+        self.types = GlobFilter(options.events)
+        self.interfaces = GlobFilter(options.interfaces)
+        if options.hold_down != old.hold_down:
+            if self.hold_down is not None:
+                self.hold_down.release_all()
+            self.hold_down = (
+                HoldDown(options.hold_down, self._enqueue, self._wants)
+                if options.hold_down
+                else None
+            )
+        if options.buffer != old.buffer:
+            over, high = self.over, self.high
+            self.max_events = options.buffer.max_events
+            self.blocking = options.buffer.when_full == "block"
+            self.low_water = max(1, self.max_events // 2)
+            self.over = self.blocking and len(self.queue) >= self.max_events and not self._stopped
+            self.high = self.over or (self.blocking and high and len(self.queue) >= self.low_water)
+            if self.fanout is not None:
+                self.fanout._count(int(self.over) - int(over), int(self.high) - int(high))
+
     def _enqueue(self, event: Event) -> None:
         queue = self.queue
         if len(queue) >= self.max_events and not self.blocking:
@@ -350,7 +376,7 @@ class SinkWorker:
             await self._deliver(batch)
 
     async def _deliver(self, batch: list[Event]) -> None:
-        delay = RETRY_INITIAL
+        backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
         while batch:
             self._in_flight = len(batch)
             error: BaseException
@@ -373,8 +399,7 @@ class SinkWorker:
             self.counters.failures += 1
             batch = batch[delivered:]
             self._failed(error, pending=len(batch) + len(self.queue))
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
+            await asyncio.sleep(backoff.next())
         self._in_flight = 0
 
     def _failed(self, error: BaseException, pending: int) -> None:

@@ -54,7 +54,6 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from linkmond.config import split_listen
-from linkmond.sinks.webhook import WebhookSink
 from linkmond.watcher import DUMP_BUCKETS
 
 if TYPE_CHECKING:
@@ -146,7 +145,7 @@ def snapshot(daemon: Daemon) -> Snapshot:
             delivered=worker.counters.delivered,
             dropped=worker.counters.dropped,
             failures=worker.counters.failures,
-            spooled=len(worker.sink.spool) if isinstance(worker.sink, WebhookSink) else None,
+            spooled=worker.sink.spooled(),
         )
         for worker in daemon.fanout.workers
     ]

@@ -162,14 +162,20 @@ class Spool:
     def head(self, max_age: float, now: float | None = None) -> SpooledEvent | None:
         """The oldest event, once every event older than ``max_age`` s has been moved to the
         dead-letter file."""
+        rows = self.oldest(max_age, 1, now)
+        return rows[0] if rows else None
+
+    def oldest(self, max_age: float, limit: int, now: float | None = None) -> list[SpooledEvent]:
+        """Up to ``limit`` oldest events, in order, once every event older than ``max_age``
+        s has been moved to the dead-letter file."""
         cutoff = (time.time() if now is None else now) - max_age
         why = DeadLetter(f"max_age: undelivered after {max_age:g}s")
         with self._lock:
             db = self._conn()
             while True:
-                rows = self._select(db, "ORDER BY seq LIMIT 1", ())
+                rows = self._select(db, "ORDER BY seq LIMIT ?", (limit,))
                 if not rows or rows[0].accepted >= cutoff:
-                    return rows[0] if rows else None
+                    return [row for row in rows if row.accepted >= cutoff]
                 expired = self._select(db, "WHERE accepted < ? ORDER BY seq LIMIT 1000", (cutoff,))
                 self._give_up(db, expired, why)
 
@@ -179,11 +185,23 @@ class Spool:
             row = self._conn().execute("SELECT 1 FROM spool WHERE seq = ?", (seq,)).fetchone()
             return row is not None
 
-    def remove(self, seq: int) -> None:
-        """Delete a delivered event."""
+    def remove(self, *seqs: int) -> None:
+        """Delete delivered events (one transaction)."""
         with self._lock:
             db = self._conn()
-            deleted = db.execute("DELETE FROM spool WHERE seq = ?", (seq,)).rowcount
+            if len(seqs) == 1:
+                deleted = db.execute("DELETE FROM spool WHERE seq = ?", seqs).rowcount
+            else:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    deleted = sum(
+                        db.execute("DELETE FROM spool WHERE seq = ?", (seq,)).rowcount
+                        for seq in seqs
+                    )
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
             self._count -= deleted
 
     def dead_letter(self, event: SpooledEvent, why: DeadLetter) -> None:

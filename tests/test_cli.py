@@ -719,7 +719,8 @@ def test_status_says_whether_a_daemon_watches_this_namespace(
     # (other daemons on this machine, a booted container's, may be listed too)
     first = result.stdout.splitlines()[0]
     prefix = "daemon: not running in this network namespace (running in another: pid "
-    assert first.startswith(prefix) and first.endswith(")"), first
+    assert first.startswith(prefix), first
+    assert first.endswith(")"), first
     assert str(daemon.proc.pid) in first.removeprefix(prefix).removesuffix(")").split(", ")
 
 

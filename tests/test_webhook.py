@@ -589,26 +589,41 @@ async def test_spooled_events_are_delivered_at_once_after_a_restart(
     assert rx.delivered() == [e.id for e in events]
 
 
-async def test_a_sink_rebuilt_by_reload_takes_over_the_spool_without_duplicates(
+async def test_a_reload_reconfigures_the_sink_in_place_keeping_its_spool_and_order(
     tmp_path: Path, secret: str, secret_file: Path, factory: EventFactory
 ) -> None:
     events = [carrier_lost(factory) for _ in range(6)]
     async with Receiver(secret) as rx:
         rx.default = Answer(503)
-        old = hook_sink(rx, secret_file, tmp_path)
-        await old.start()
-        await old.emit(events[:3])
-        await until(lambda: rx.requests, what="the first attempt")
-        # a reload builds and starts the new sink before the old one is closed
-        async with running(hook_sink(rx, secret_file, tmp_path, timeout="5s")) as new:
-            await new.emit(events[3:5])
+        slow = {"retry_initial": "1h", "max_retry_delay": "1h"}
+        async with running(hook_sink(rx, secret_file, tmp_path, **slow)) as sink:
+            await sink.emit(events[:3])
+            await until(lambda: rx.requests, what="the first attempt")
+            # a reload: new options (and the secret read again), same spool and delivery; the
+            # retry an hour away is made at once, with the new settings
             rx.default = Answer(200, delay=0.05)  # held a little: two senders would overlap
+            apply = sink.prepare(
+                webhook_config(rx.url, secret_file, timeout="5s", retry_initial="50ms")
+            )
+            assert apply is not None
+            await sink.emit(events[3:5])
+            apply()
+            assert sink.config.timeout == 5.0
             await until(lambda: len(rx.delivered()) >= 5, what="five deliveries")
-            await old.aclose()
-            await new.emit(events[5:])
+            await sink.emit(events[5:])
             await until(lambda: len(rx.delivered()) >= 6, what="the sixth")
             await until(lambda: spooled_ids(tmp_path) == [], what="an empty spool")
     assert rx.delivered() == [e.id for e in events]  # each once, in order
+
+
+async def test_a_reload_with_an_unreadable_secret_changes_nothing(
+    tmp_path: Path, secret: str, secret_file: Path
+) -> None:
+    async with Receiver(secret) as rx, running(hook_sink(rx, secret_file, tmp_path)) as sink:
+        with pytest.raises(ConfigError) as err:
+            sink.prepare(webhook_config(rx.url, tmp_path / "gone"))
+        assert err.value.problems[0][0] == "sinks.hook.secret_file"
+        assert sink.config.secret_file == secret_file
 
 
 # -- configuration errors ------------------------------------------------------------------

@@ -8,9 +8,13 @@ its destination, which keeps each one small.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from linkmond.events import Event
+
+if TYPE_CHECKING:
+    from linkmond.config import SinkBase
 
 
 class SinkError(Exception):
@@ -43,3 +47,14 @@ class Sink(abc.ABC):
 
     def reopen(self) -> None:  # noqa: B027 - optional hook
         """SIGHUP: reopen files (logrotate). Called from the event loop; must not block."""
+
+    def prepare(self, options: SinkBase) -> Callable[[], None] | None:
+        """A reload with new ``options`` for this sink: check and load what they name (a
+        secret, a CA file) and return what puts them in force, which cannot fail; raise
+        :class:`linkmond.config.ConfigError` with nothing changed. None (the default): the
+        sink cannot be reconfigured, and a reload builds a new one instead."""
+        return None
+
+    def spooled(self) -> int | None:
+        """Events held on disk for delivery (a durable sink's spool); None: no spool."""
+        return None

@@ -24,11 +24,10 @@ import ipaddress
 import json
 import logging
 import os
-import random
 import ssl
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -46,12 +45,22 @@ from linkmond.config import (
     ConfigError,
     HeaderFromEnv,
     HeaderFromFile,
+    SinkBase,
     WebhookSinkConfig,
+)
+from linkmond.durable import (
+    Delivered,
+    DurableQueue,
+    Outcome,
+    Policy,
+    Reject,
+    Retry,
+    Throttle,  # noqa: F401 - where the tests (and older code) import it from
 )
 from linkmond.events import Event, describe
 from linkmond.redact import redact_text, redact_url
-from linkmond.sinks.base import Sink, SinkError
-from linkmond.spool import DeadLetter, Spool, SpooledEvent
+from linkmond.sinks.base import Sink
+from linkmond.spool import Spool, SpooledEvent
 
 log = structlog.get_logger("linkmond.webhook")
 
@@ -61,14 +70,9 @@ TEXT_TYPE: Final = "application/json"
 READ_MAX: Final = 64 * 1024
 #: how much of any other answer is read and kept (logs, the dead-letter file)
 SNIPPET_MAX: Final = 512
-#: a recurring log line of a sink (spool full, will retry, …) at most once per this many s
-LOG_EVERY: Final = 10.0
 #: at shutdown, how long a healthy sink may keep delivering what is spooled
 CLOSE_GRACE: Final = 1.0
 
-#: the delivery task of each spool file. A sink rebuilt by a reload starts before the old one
-#: is closed; its delivery waits for the old task to end, so events stay in order, sent once.
-_deliverers: dict[Path, asyncio.Task[None]] = {}
 #: (sink, endpoint) pairs already warned about plain http:// in this process
 _warned_plain_http: set[tuple[str, str]] = set()
 
@@ -118,29 +122,6 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
         return max(0.0, when.timestamp() - (time.time() if now is None else now))
     except (ArithmeticError, LookupError, TypeError, ValueError):
         return None
-
-
-class Throttle:
-    """At most one log line per ``every`` seconds for one recurring condition.
-
-    :meth:`due` says whether to log now, and how many occurrences were not logged since the
-    last line; :attr:`pending` is what was held back since then.
-    """
-
-    def __init__(self, every: float = LOG_EVERY) -> None:
-        self.every = every
-        self.pending = 0
-        self._last: float | None = None
-
-    def due(self, now: float | None = None) -> int | None:
-        """None: suppress this occurrence (counted). Otherwise log it now, with the count."""
-        now = time.monotonic() if now is None else now
-        if self._last is not None and now - self._last < self.every:
-            self.pending += 1
-            return None
-        self._last = now
-        suppressed, self.pending = self.pending, 0
-        return suppressed
 
 
 def is_loopback(host: str | None) -> bool:
@@ -272,15 +253,94 @@ def _refuse_symlink(path: Path, key: str) -> None:
 class WebhookSink(Sink):
     """POSTs events to ``config.url`` from a spool at ``<state_directory>/webhook-<name>.sqlite``.
 
-    The secret, extra headers and CA file are read here, when the daemon builds its sinks: a
-    problem raises :class:`linkmond.config.ConfigError` (exit status 78). Warnings found
-    meanwhile (a secret file its group may read) are logged by :meth:`start`.
+    The secret, extra headers and CA file are read here, when the daemon builds its sinks, and
+    again by :meth:`prepare` at a reload: a problem raises
+    :class:`linkmond.config.ConfigError` (exit status 78; a reload is rejected). Warnings found
+    meanwhile (a secret file its group may read) are logged by :meth:`start`. The spool and
+    its delivery are a :class:`linkmond.durable.DurableQueue`; this class signs, POSTs and
+    says what each answer means.
     """
 
     def __init__(self, name: str, config: WebhookSinkConfig, state_directory: Path) -> None:
         self.name = name
-        self.config = config
         self.state_directory = state_directory
+        self._poster = _Poster(name, config)
+        spool = Spool(
+            state_directory / f"webhook-{name}.sqlite",
+            state_directory / f"webhook-{name}.deadletter.jsonl",
+            config.max_spool,
+            config.deadletter_max_bytes,
+        )
+        _refuse_symlink(spool.db_path, f"sinks.{name}")
+        _refuse_symlink(spool.deadletter_path, f"sinks.{name}")
+        self.queue = DurableQueue(
+            name, "webhook", spool, self._poster, _policy(config), grace=CLOSE_GRACE
+        )
+
+    @property
+    def config(self) -> WebhookSinkConfig:
+        """The options in force (a reload may have replaced them)."""
+        return self._poster.config
+
+    @property
+    def endpoint(self) -> str:
+        """``scheme://host:port`` of the URL: what logs show of it."""
+        return self._poster.endpoint
+
+    @property
+    def spool(self) -> Spool:
+        """The SQLite spool of undelivered events."""
+        return self.queue.spool
+
+    def spooled(self) -> int:
+        """Events spooled and not delivered yet."""
+        return len(self.queue)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the spool and start delivering; events left by a previous run go first."""
+        self._poster.warn()
+        await self.queue.open()
+
+    def prepare(self, options: SinkBase) -> Callable[[], None]:
+        """Read the new secret, headers and CA file for ``options`` (a reload); returns what
+        puts them in force. Raises :class:`ConfigError` with nothing changed."""
+        if not isinstance(options, WebhookSinkConfig):
+            raise ConfigError("<reload>", [(f"sinks.{self.name}.type", "cannot change type")])
+        poster = _Poster(self.name, options)
+
+        def apply() -> None:
+            old, self._poster = self._poster, poster
+            self.spool.max_spool = options.max_spool
+            self.spool.deadletter_max_bytes = options.deadletter_max_bytes
+            poster.warn()
+            self.queue.reconfigure(poster, _policy(options))
+            asyncio.get_running_loop().create_task(old.aclose())
+
+        return apply
+
+    async def emit(self, events: Sequence[Event]) -> None:
+        """Spool the batch (one transaction) and wake the delivery; no HTTP here."""
+        await self.queue.put(events)
+
+    async def aclose(self) -> None:
+        """Stop delivering (after a short grace if healthy) and close; the spool keeps the rest."""
+        await self.queue.close()
+        await self._poster.aclose()
+
+
+def _policy(config: WebhookSinkConfig) -> Policy:
+    return Policy(config.retry_initial, config.max_retry_delay, config.max_age, batch=1)
+
+
+class _Poster:
+    """The webhook transport: one signed POST per event over a reused aiohttp session, and
+    what the answer means for the event (:mod:`linkmond.durable`'s outcomes)."""
+
+    def __init__(self, name: str, config: WebhookSinkConfig) -> None:
+        self.name = name
+        self.config = config
         #: scheme://host:port only, wherever the URL is shown: its user info, path or query
         #: may be a credential
         self.endpoint = redact_url(config.url)
@@ -304,28 +364,10 @@ class WebhookSink(Sink):
                     config.ca_file or "<tls>", [(f"sinks.{name}.ca_file", f"cannot load: {exc}")]
                 ) from None
         self._plain_remote = parts.scheme == "http" and not is_loopback(parts.hostname)
-        self.spool = Spool(
-            state_directory / f"webhook-{name}.sqlite",
-            state_directory / f"webhook-{name}.deadletter.jsonl",
-            config.max_spool,
-            config.deadletter_max_bytes,
-        )
-        _refuse_symlink(self.spool.db_path, f"sinks.{name}")
-        _refuse_symlink(self.spool.deadletter_path, f"sinks.{name}")
-        self._opened = False
         self._session: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._empty = asyncio.Event()  # set while nothing is spooled
-        self._failing = False
-        #: one per recurring log line; ``_evicted`` counts evictions since the last line
-        self._throttles: dict[str, Throttle] = {}
-        self._evicted = 0
 
-    # -- lifecycle --------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        """Open the spool and start delivering; events left by a previous run go first."""
+    def warn(self) -> None:
+        """Log what reading the config found worth a warning (once per endpoint for http)."""
         for warning in self._warnings:
             log.warning(warning, sink=self.name)
         if urlsplit(self.config.url).scheme == "https" and not self.config.tls_verify:
@@ -343,124 +385,12 @@ class WebhookSink(Sink):
                 sink=self.name,
                 endpoint=self.endpoint,
             )
-        await self._open()
-
-    async def _open(self) -> None:
-        if not self._opened:
-            try:
-                pending = await asyncio.to_thread(self.spool.open)
-            except Exception as exc:
-                raise SinkError(f"cannot open the spool: {_explain(exc)}") from exc
-            self._opened = True
-            if pending:
-                log.info("resuming spooled events", sink=self.name, pending=pending)
-        if self._task is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=4),
-                timeout=aiohttp.ClientTimeout(total=self.config.timeout or None),
-                headers=self._headers,
-                # a compressed answer stays compressed: nothing can inflate in memory
-                auto_decompress=False,
-            )
-            self._wake.set()
-            previous = _deliverers.get(self.spool.db_path)
-            self._task = asyncio.create_task(
-                self._deliver_forever(previous), name=f"webhook:{self.name}"
-            )
-            _deliverers[self.spool.db_path] = self._task
-
-    def _due(self, what: str) -> int | None:
-        """Whether the recurring log line ``what`` may be written now (see :class:`Throttle`)."""
-        return self._throttles.setdefault(what, Throttle()).due()
-
-    async def emit(self, events: Sequence[Event]) -> None:
-        """Spool the batch (one transaction) and wake the delivery task; no HTTP here."""
-        await self._open()
-        try:
-            evicted = await asyncio.to_thread(
-                self.spool.append, [(e.id, e.json_line) for e in events]
-            )
-        except Exception as exc:
-            raise SinkError(f"cannot spool to {self.spool.db_path}: {_explain(exc)}") from exc
-        if evicted:
-            self._evicted += evicted
-            if (suppressed := self._due("spool_full")) is not None:
-                log.error(
-                    "webhook spool full (max_spool): oldest events moved to the dead-letter file",
-                    sink=self.name,
-                    evicted=self._evicted,
-                    evicted_total=self.spool.evicted,
-                    dead_letter=str(self.spool.deadletter_path),
-                    **_suppressed(suppressed),
-                )
-                self._evicted = 0
-        self._empty.clear()
-        self._wake.set()
 
     async def aclose(self) -> None:
-        """Stop delivering (after a short grace if healthy) and close; the spool keeps the rest."""
-        if self._task is not None:
-            if not self._failing:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(CLOSE_GRACE):
-                        await self._empty.wait()
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            if _deliverers.get(self.spool.db_path) is self._task:
-                del _deliverers[self.spool.db_path]
-            self._task = None
+        """Close the HTTP session."""
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._opened:
-            await asyncio.to_thread(self.spool.close)
-            self._opened = False
-        held = {what: t.pending for what, t in self._throttles.items() if t.pending}
-        if held:
-            log.warning(
-                "webhook log lines held back by the rate limit since the last of each kind",
-                sink=self.name,
-                evicted=self._evicted or None,
-                **held,
-            )
-            for throttle in self._throttles.values():
-                throttle.pending = 0
-
-    # -- delivery ---------------------------------------------------------------------------
-
-    async def _deliver_forever(self, previous: asyncio.Task[None] | None) -> None:
-        if previous is not None and previous.get_loop() is asyncio.get_running_loop():
-            await asyncio.wait([previous])  # the same spool's sink before a reload
-        while True:
-            self._wake.clear()  # before looking, so an emit while we look is not missed
-            try:
-                row = await asyncio.to_thread(self.spool.head, self.config.max_age)
-            except Exception as exc:
-                if (suppressed := self._due("spool_read")) is not None:
-                    log.error(
-                        "cannot read the webhook spool",
-                        sink=self.name,
-                        error=self._redact(_explain(exc)),
-                        **_suppressed(suppressed),
-                    )
-                await asyncio.sleep(self.config.retry_initial or 1.0)
-                continue
-            if row is None:
-                self._empty.set()
-                await self._wake.wait()
-                continue
-            try:
-                await self._deliver(row)
-            except Exception as exc:  # a spool (disk) error: keep the task alive, retry later
-                if (suppressed := self._due("delivery_error")) is not None:
-                    log.error(
-                        "webhook delivery error",
-                        sink=self.name,
-                        error=self._redact(_explain(exc)),
-                        **_suppressed(suppressed),
-                    )
-                await asyncio.sleep(self.config.retry_initial or 1.0)
 
     def _redact(self, text: str) -> str:
         """``text`` (an exception's, say) without this sink's URL in it but its endpoint."""
@@ -472,102 +402,49 @@ class WebhookSink(Sink):
             return json.dumps({"text": describe(event)}, ensure_ascii=False), TEXT_TYPE
         return row.event, CLOUDEVENTS_TYPE
 
-    async def _deliver(self, row: SpooledEvent) -> None:
-        """Attempt ``row`` until it is delivered, dead-lettered or pushed out of the spool."""
+    async def send(self, batch: Sequence[SpooledEvent]) -> Outcome:
+        """POST the first event of ``batch`` (the queue sends one at a time)."""
+        row = batch[0]
         try:
             body, content_type = self._body(row)
         except Exception as exc:  # a row this version cannot read or describe: never deliverable
-            await asyncio.to_thread(
-                self.spool.dead_letter, row, DeadLetter(f"unreadable event: {exc}")
+            return Reject(f"unreadable event: {exc}", message="unreadable event")
+        result = await self._post(row.id, body, content_type)
+        if result.delivered:
+            return Delivered()
+        if not result.retryable:
+            redirect = result.status is not None and 300 <= result.status < 400
+            return Reject(
+                f"HTTP {result.status}: "
+                + ("redirects are not followed" if redirect else "permanent error"),
+                result.status,
+                result.response,
+                message="refused the event; moved to the dead-letter file",
             )
-            return
-        cap = self.config.retry_initial
-        attempts = 0
-        while True:
-            attempts += 1
-            result = await self._post(row.id, body, content_type)
-            if result.delivered:
-                # first of all: nothing in the answer may keep a delivered event spooled
-                await asyncio.to_thread(self.spool.remove, row.seq)
-                if self._failing:
-                    log.info("webhook delivering again", sink=self.name, attempts=attempts)
-                self._failing = False
-                return
-            if not result.retryable:
-                reason = (
-                    f"HTTP {result.status}: redirects are not followed"
-                    if result.status is not None and 300 <= result.status < 400
-                    else f"HTTP {result.status}: permanent error"
-                )
-                if (suppressed := self._due("refused")) is not None:
-                    log.error(
-                        "webhook refused the event; moved to the dead-letter file",
-                        sink=self.name,
-                        endpoint=self.endpoint,
-                        event_id=row.id,
-                        status=result.status,
-                        response=result.response,
-                        dead_letter=str(self.spool.deadletter_path),
-                        **_suppressed(suppressed),
-                    )
-                await asyncio.to_thread(
-                    self.spool.dead_letter,
-                    row,
-                    DeadLetter(reason, result.status, result.response, attempts),
-                )
-                return
-            if result.stale and attempts == 1:
-                continue  # a kept-alive connection the receiver had closed: the POST never left
-            self._failing = True
-            delay = random.uniform(0, cap)
-            cap = min(cap * 2, self.config.max_retry_delay)
-            retry_after = retry_after_seconds(result.retry_after)
-            if retry_after is not None:
-                delay = max(delay, min(retry_after, self.config.max_retry_delay))
-            if (suppressed := self._due("tls" if result.tls else "retry")) is not None:
-                log.log(
-                    logging.ERROR if result.tls else logging.WARNING,
-                    "webhook TLS certificate verification failed: the receiver's certificate "
-                    "is not trusted (set ca_file for a private CA); nothing was sent, will retry"
-                    if result.tls
-                    else "webhook delivery failed; will retry",
-                    sink=self.name,
-                    endpoint=self.endpoint,
-                    event_id=row.id,
-                    status=result.status,
-                    error=result.error or None,
-                    response=result.response or None,
-                    attempt=attempts,
-                    retry_in=round(delay, 3),
-                    **_suppressed(suppressed),
-                )
-            age_left = row.accepted + self.config.max_age - time.time()
-            await asyncio.sleep(max(0.0, min(delay, age_left)))
-            if age_left <= delay:
-                await asyncio.to_thread(
-                    self.spool.dead_letter,
-                    row,
-                    DeadLetter(
-                        f"max_age: undelivered after {self.config.max_age:g}s",
-                        result.status,
-                        result.response or result.error,
-                        attempts,
-                    ),
-                )
-                if (suppressed := self._due("too_old")) is not None:
-                    log.error(
-                        "webhook event too old (max_age); moved to the dead-letter file",
-                        sink=self.name,
-                        event_id=row.id,
-                        attempts=attempts,
-                        **_suppressed(suppressed),
-                    )
-                return
-            if not await asyncio.to_thread(self.spool.contains, row.seq):
-                return  # pushed out by max_spool while we waited (and dead-lettered)
+        if result.tls:
+            return Retry(
+                result.error,
+                message="TLS certificate verification failed: the receiver's certificate is "
+                "not trusted (set ca_file for a private CA); nothing was sent, will retry",
+                level=logging.ERROR,
+            )
+        return Retry(
+            result.error,
+            result.status,
+            result.response,
+            after=retry_after_seconds(result.retry_after),
+            immediate=result.stale,
+        )
 
     async def _post(self, event_id: str, body: str, content_type: str) -> Attempt:
-        assert self._session is not None
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=4),
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout or None),
+                headers=self._headers,
+                # a compressed answer stays compressed: nothing can inflate in memory
+                auto_decompress=False,
+            )
         now = int(time.time())
         headers = {
             "Content-Type": content_type,
@@ -625,15 +502,3 @@ async def _snippet(resp: aiohttp.ClientResponse) -> str:
     except (aiohttp.ClientError, OSError, TimeoutError):
         return "<the answer broke off>"
     return data.decode("utf-8", "replace")
-
-
-def _explain(exc: Exception) -> str:
-    """An error for a log line: ``PATH: what is wrong`` for a file, else its type and text."""
-    if isinstance(exc, OSError) and exc.filename and exc.strerror:
-        return f"{exc.filename}: {exc.strerror}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _suppressed(count: int) -> dict[str, int]:
-    """``suppressed=N`` for a throttled log line, when lines were held back since the last."""
-    return {"suppressed": count} if count else {}
