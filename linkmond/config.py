@@ -431,8 +431,117 @@ class WebhookSinkConfig(SinkBase):
         return self
 
 
+def _nats_url(value: str) -> str:
+    """A NATS server URL: ``nats://`` or ``tls://`` (``user:password@`` refused: credentials
+    never in the TOML), a host and an optional port."""
+    scheme, sep, _ = value.partition("://")
+    if not sep or scheme.lower() not in ("nats", "tls"):
+        raise ValueError("expected nats://HOST[:PORT] or tls://HOST[:PORT]")
+    parsed = urlsplit(value)
+    if parsed.username or parsed.password:
+        raise ValueError(
+            "credentials in the URL would sit in the config: use credentials_file, "
+            "nkey_file, token_env or user + password_env"
+        )
+    if not parsed.hostname:
+        raise ValueError("the URL has no host")
+    try:
+        port = parsed.port
+    except ValueError:
+        raise ValueError("the port is not a number in 1-65535") from None
+    if port == 0:
+        raise ValueError("the port is not a number in 1-65535")
+    return value
+
+
+#: a JetStream stream name: no whitespace, dots, wildcards or path separators
+_STREAM_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,255}")
+#: a literal token of a subject template
+_SUBJECT_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]+")
+#: what a subject template may name
+SUBJECT_FIELDS: Final = ("host", "type", "netns")
+
+
+def _subject_template(value: str) -> str:
+    tokens = value.split(".")
+    if not tokens or not _SUBJECT_TOKEN.fullmatch(tokens[0]):
+        raise ValueError(f"{value!r}: the first token must be a literal name (linkmond.…)")
+    for token in tokens[1:]:
+        if token.startswith("{") and token.endswith("}"):
+            if token[1:-1] not in SUBJECT_FIELDS:
+                raise ValueError(
+                    f"{value!r}: unknown field {token}; "
+                    + ", ".join("{" + f + "}" for f in SUBJECT_FIELDS)
+                    + " are known"
+                )
+        elif not _SUBJECT_TOKEN.fullmatch(token):
+            raise ValueError(
+                f"{value!r}: {token!r} is not a subject token (letters, digits, _ and -; "
+                "fields in braces); wildcards are not allowed"
+            )
+    if "{type}" not in tokens and "{host}" not in tokens:
+        raise ValueError(
+            f"{value!r}: name {{host}} or {{type}}, or every event lands on one subject"
+        )
+    return value
+
+
+class NatsStreamLimits(_Strict):
+    """``stream_limits``: the limits a stream the sink creates gets (an existing stream is
+    used as it is). 0: unlimited."""
+
+    max_age: Duration = 0.0
+    max_bytes: Size = 0
+    max_msgs_per_subject: Annotated[int, Field(ge=0)] = 0
+
+
+class NatsSinkConfig(SinkBase):
+    """``type = "nats"``: every event to a NATS JetStream stream, from a durable spool; and
+    the host's links in the fleet key-value bucket (README, Fleet)."""
+
+    type: Literal["nats"]
+    servers: Annotated[list[Annotated[str, AfterValidator(_nats_url)]], Field(min_length=1)]
+    stream: Annotated[str, Field(pattern=_STREAM_NAME.pattern)] = "LINKMOND"
+    subject: Annotated[str, AfterValidator(_subject_template)] = "linkmond.{host}.{type}"
+    #: at most one way to authenticate; every secret comes from a file or the environment
+    credentials_file: FilePath | None = None
+    nkey_file: FilePath | None = None
+    token_env: str | None = None
+    user: str | None = None
+    password_env: str | None = None
+    ca_file: FilePath | None = None
+    stream_limits: NatsStreamLimits = Field(default_factory=NatsStreamLimits)
+    #: connecting, and waiting for the server's acknowledgement of a publish
+    timeout: Annotated[Duration, Field(gt=0)] = 5.0
+    #: events published before their acknowledgements are awaited
+    batch: Annotated[int, Field(ge=1, le=10_000)] = 256
+    retry_initial: Annotated[Duration, Field(gt=0)] = 1.0
+    max_retry_delay: Annotated[Duration, Field(gt=0)] = 300.0
+    max_age: Annotated[Duration, Field(gt=0)] = 86400.0
+    max_spool: int = Field(default=100_000, ge=1)
+    deadletter_max_bytes: Annotated[Size, Field(ge=4096)] = 4 * 1024**2
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> NatsSinkConfig:
+        ways = [
+            key
+            for key, value in (
+                ("credentials_file", self.credentials_file),
+                ("nkey_file", self.nkey_file),
+                ("token_env", self.token_env),
+                ("user", self.user),
+            )
+            if value is not None
+        ]
+        if len(ways) > 1:
+            raise ValueError(f"set at most one of {', '.join(ways)}")
+        if (self.user is None) != (self.password_env is None):
+            raise ValueError("user and password_env go together")
+        return self
+
+
 SinkConfig = Annotated[
-    ConsoleSinkConfig | FileSinkConfig | JournalSinkConfig | WebhookSinkConfig,
+    ConsoleSinkConfig | FileSinkConfig | JournalSinkConfig | WebhookSinkConfig | NatsSinkConfig,
     Field(discriminator="type"),
 ]
 
@@ -559,13 +668,16 @@ def usability_problems(config: Config) -> list[tuple[str, str]]:
     for name, sink in config.sinks.items():
         if isinstance(sink, FileSinkConfig) and (why := _cannot_append(sink.path)):
             problems.append((f"sinks.{name}.path", why))
-    if any(isinstance(sink, WebhookSinkConfig) for sink in config.sinks.values()):
+    durable = [
+        s.type for s in config.sinks.values() if isinstance(s, WebhookSinkConfig | NatsSinkConfig)
+    ]
+    if durable:
         state = config.state_directory()
         if why := _cannot_make_dir(state):
             key = "daemon.state_directory"
             if os.environ.get("STATE_DIRECTORY"):
                 key += " ($STATE_DIRECTORY)"
-            problems.append((key, f"{why} (the webhook spool lives there)"))
+            problems.append((key, f"{why} (the {durable[0]} spool lives there)"))
     return problems
 
 

@@ -8,6 +8,7 @@ from linkmond.config import (
     ConsoleSinkConfig,
     FileSinkConfig,
     JournalSinkConfig,
+    NatsSinkConfig,
     SinkBase,
     WebhookSinkConfig,
 )
@@ -35,6 +36,10 @@ def build_sink(name: str, config: SinkBase, state_directory: Path) -> Sink:
         sink = JournalSink(config.socket, config.priorities)
     elif isinstance(config, WebhookSinkConfig):
         sink = WebhookSink(name, config, state_directory)
+    elif isinstance(config, NatsSinkConfig):
+        from linkmond.sinks.nats import NatsSink  # noqa: PLC0415 - loads only when configured
+
+        sink = NatsSink(name, config, state_directory)
     else:  # pragma: no cover - the config union is closed
         raise TypeError(f"no sink for {type(config).__name__}")
     sink.name = name

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import grp
 import ipaddress
 import json
 import logging
 import os
 import ssl
-import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,6 +46,7 @@ from linkmond.config import (
     SinkBase,
     WebhookSinkConfig,
 )
+from linkmond.credentials import read_private
 from linkmond.durable import (
     Delivered,
     DurableQueue,
@@ -140,44 +139,6 @@ def is_loopback(host: str | None) -> bool:
     return address.is_loopback
 
 
-def _read_private(path: Path, key: str, what: str) -> tuple[bytes, str | None]:
-    """The bytes of a file holding a credential, and a warning if its group may read it.
-
-    A file every user may read is refused (:class:`ConfigError`); one readable by a group the
-    daemon is not in is accepted with a warning, for the daemon to log when it starts.
-    """
-    try:
-        with path.open("rb") as f:
-            st = os.fstat(f.fileno())
-            mode = stat.S_IMODE(st.st_mode)
-            if mode & stat.S_IROTH:
-                raise ConfigError(
-                    path,
-                    [
-                        (
-                            key,
-                            f"the {what} file is readable by every user (mode {mode:04o}): "
-                            f"chmod o-r {path}, or hand it over with LoadCredential= "
-                            "(docs/install.md)",
-                        )
-                    ],
-                )
-            data = f.read()
-    except OSError as exc:
-        raise ConfigError(path, [(key, f"cannot read the {what}: {exc.strerror}")]) from None
-    warning = None
-    if mode & stat.S_IRGRP and st.st_gid != os.getegid() and st.st_gid not in os.getgroups():
-        try:
-            group = grp.getgrgid(st.st_gid).gr_name
-        except KeyError:
-            group = str(st.st_gid)
-        warning = (
-            f"{path} ({key}) is readable by group {group} (mode {mode:04o}): every member of "
-            f"it can read the {what}; chmod g-r it unless that is meant"
-        )
-    return data, warning
-
-
 def load_signer(name: str, config: WebhookSinkConfig, warnings: list[str] | None = None) -> Webhook:
     """The Standard Webhooks signer for the secret in ``secret_file`` or ``secret_env``.
 
@@ -187,7 +148,7 @@ def load_signer(name: str, config: WebhookSinkConfig, warnings: list[str] | None
     """
     if config.secret_file is not None:
         where, key = str(config.secret_file), f"sinks.{name}.secret_file"
-        data, warning = _read_private(config.secret_file, key, "secret")
+        data, warning = read_private(config.secret_file, key, "secret")
         if warning and warnings is not None:
             warnings.append(warning)
         try:
@@ -229,7 +190,7 @@ def _header_value(
         value = got
     elif isinstance(value, HeaderFromFile):
         where = value.file
-        data, warning = _read_private(value.file, key, "header value")
+        data, warning = read_private(value.file, key, "header value")
         if warning and warnings is not None:
             warnings.append(warning)
         try:

@@ -1,0 +1,363 @@
+"""NATS sink: every event to a JetStream stream, exactly once and in order, from a spool.
+
+``emit`` appends to the sink's SQLite spool (:class:`linkmond.durable.DurableQueue`) and
+returns; the queue's task publishes the oldest spooled events, ``batch`` at a time, on one
+connection (the server stores them in the order they were sent), each with header
+``Nats-Msg-Id`` = the event id and the CloudEvents JSON as its body (the NATS binding of
+CloudEvents, structured mode), and deletes a row only once JetStream acknowledged it. The
+stream drops a message whose id it already holds within its duplicate window, so an event
+sent again after a crash, a restart or a lost acknowledgement is stored once.
+
+A stream absent from the server is created (file storage, subjects ``<prefix>.>``, a
+duplicate window as long as the spool keeps an event, the configured limits); an existing
+one is used as it is, and if it does not take our subjects, the publish fails with a clear
+error and the events stay spooled. Nothing secret is read from the TOML: credentials come
+from files (refused if every user may read them) or the environment, read when the sink is
+built and again at a reload, and never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+
+from linkmond.config import ConfigError, NatsSinkConfig, SinkBase
+from linkmond.credentials import read_private
+from linkmond.durable import Delivered, DurableQueue, Outcome, Policy, Retry, explain
+from linkmond.events import Event
+from linkmond.redact import redact_url
+from linkmond.sinks.base import Sink
+from linkmond.spool import Spool, SpooledEvent
+
+log = structlog.get_logger("linkmond.nats")
+
+#: how long a healthy sink may go on publishing what is spooled when it is closed
+CLOSE_GRACE: Final = 1.0
+#: the JetStream API's error code for "expected stream does not match"
+_WRONG_STREAM: Final = 10060
+#: characters a subject token cannot hold, replaced by ``_``
+_NOT_IN_TOKEN: Final = re.compile(r"[.*>\s]")
+
+
+def subject_token(value: str) -> str:
+    """``value`` as one subject token: ``.``, ``*``, ``>`` and whitespace become ``_``."""
+    return _NOT_IN_TOKEN.sub("_", value) or "_"
+
+
+def subject_prefix(template: str) -> str:
+    """The literal tokens before the first field: ``linkmond`` for ``linkmond.{host}.{type}``."""
+    literal = []
+    for token in template.split("."):
+        if token.startswith("{"):
+            break
+        literal.append(token)
+    return ".".join(literal)
+
+
+def subject_for(template: str, host: str, event: Event) -> str:
+    """The subject ``event`` is published on. The type keeps its dot (``link.carrier_lost``
+    is two tokens), so ``linkmond.web1.link.>`` selects one host's link events."""
+    return (
+        template.replace("{host}", subject_token(host))
+        .replace("{netns}", subject_token(event.netns))
+        .replace("{type}", event.type)
+    )
+
+
+def host_name() -> str:
+    """This host's name, as the subjects and the fleet view carry it (before escaping)."""
+    return socket.gethostname()
+
+
+class Connection:
+    """How to reach the servers of one ``[sinks.NAME]`` (or ``linkmond fleet``): URLs,
+    credentials (read now: a problem is a :class:`ConfigError`) and TLS; :meth:`open`
+    connects."""
+
+    def __init__(self, name: str, config: NatsSinkConfig) -> None:
+        self.name = name
+        self.config = config
+        #: every server as scheme://host:port: what logs show
+        self.endpoint = ", ".join(redact_url(url) for url in config.servers)
+        self.warnings: list[str] = []
+        self._auth: dict[str, Any] = {}
+        key = f"sinks.{name}"
+        if config.credentials_file is not None:
+            data, warning = read_private(
+                config.credentials_file, f"{key}.credentials_file", "credentials"
+            )
+            self._auth["user_credentials"] = _raw_credentials(data.decode("utf-8", "replace"))
+            self._note(warning)
+        elif config.nkey_file is not None:
+            data, warning = read_private(config.nkey_file, f"{key}.nkey_file", "nkey seed")
+            self._auth["nkeys_seed_str"] = data.decode("utf-8", "replace").strip()
+            self._note(warning)
+        elif config.token_env is not None:
+            self._auth["token"] = _from_env(config.token_env, f"{key}.token_env")
+        elif config.user is not None:
+            assert config.password_env is not None  # the model requires both
+            self._auth["user"] = config.user
+            self._auth["password"] = _from_env(config.password_env, f"{key}.password_env")
+        self._tls: ssl.SSLContext | None = None
+        if config.ca_file is not None or any(
+            u.lower().startswith("tls://") for u in config.servers
+        ):
+            try:
+                self._tls = ssl.create_default_context(
+                    cafile=str(config.ca_file) if config.ca_file else None
+                )
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    config.ca_file or "<tls>", [(f"{key}.ca_file", f"cannot load: {exc}")]
+                ) from None
+
+    def _note(self, warning: str | None) -> None:
+        if warning:
+            self.warnings.append(warning)
+
+    async def open(self, **callbacks: Any) -> Any:
+        """A connected ``nats.aio.client.Client`` (raises what nats-py raises)."""
+        import nats  # noqa: PLC0415 - only configurations with a nats sink load the client
+
+        return await nats.connect(
+            servers=list(self.config.servers),
+            connect_timeout=max(1, round(self.config.timeout)),
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            tls=self._tls,
+            name=f"linkmond {host_name()}",
+            **self._auth,
+            **callbacks,
+        )
+
+
+def _raw_credentials(text: str) -> Any:
+    from nats.aio.client import RawCredentials  # noqa: PLC0415
+
+    return RawCredentials(text)
+
+
+def _from_env(variable: str, key: str) -> str:
+    value = os.environ.get(variable, "")
+    if not value:
+        raise ConfigError("<env>", [(key, f"environment variable {variable} is not set or empty")])
+    return value
+
+
+class _Publisher:
+    """The nats transport: publish a batch to JetStream and wait for its acknowledgements."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.config = connection.config
+        self.endpoint = connection.endpoint
+        self.host = host_name()
+        self._client: Any = None  # nats.aio.client.Client, connected
+        self._js: Any = None
+        self._stream_checked = False
+        self._closing = False
+        self._lock = asyncio.Lock()
+
+    async def send(self, batch: Sequence[SpooledEvent]) -> Outcome:
+        """Publish ``batch`` in order; delivered up to the first event not acknowledged."""
+        try:
+            js = await self._jetstream()
+        except Exception as exc:
+            return Retry(self._why(exc), message="cannot reach the NATS servers; will retry")
+        import nats.errors  # noqa: PLC0415
+        import nats.js.errors  # noqa: PLC0415
+
+        config = self.config
+        futures = []
+        try:
+            for row in batch:
+                event = Event.model_validate_json(row.event)
+                futures.append(
+                    await js.publish_async(
+                        subject_for(config.subject, self.host, event),
+                        row.event.encode(),
+                        headers={"Nats-Msg-Id": row.id},
+                        stream=config.stream,
+                        wait_stall=config.timeout,
+                    )
+                )
+        except Exception as exc:
+            for future in futures:
+                future.cancel()
+            return Retry(self._why(exc), message="publish failed; will retry")
+        for delivered, future in enumerate(futures):
+            try:
+                async with asyncio.timeout(config.timeout):
+                    await future
+            except nats.js.errors.NoStreamResponseError:
+                return Retry(
+                    "no stream takes subject "
+                    f"{subject_for(config.subject, self.host, _peek(batch[delivered]))} (is "
+                    f"stream {config.stream} there, and do its subjects cover it?)",
+                    delivered=delivered,
+                    message="publish not stored; will retry",
+                )
+            except nats.js.errors.APIError as exc:
+                why = (
+                    f"the subject belongs to another stream than {config.stream} (its "
+                    "subjects do not cover ours, or overlap another's)"
+                    if exc.err_code == _WRONG_STREAM
+                    else explain(exc)
+                )
+                return Retry(why, delivered=delivered, message="publish refused; will retry")
+            except (TimeoutError, nats.errors.Error, OSError) as exc:
+                return Retry(
+                    self._why(exc),
+                    delivered=delivered,
+                    message="publish not acknowledged; will retry",
+                )
+        return Delivered()
+
+    def _why(self, exc: BaseException) -> str:
+        text = explain(exc)
+        for url in self.config.servers:
+            text = text.replace(url, redact_url(url))
+        return text
+
+    async def _jetstream(self) -> Any:
+        async with self._lock:
+            client = self._client
+            if client is None or client.is_closed:
+                client = await self.connection.open(
+                    error_cb=self._error, disconnected_cb=self._disconnected
+                )
+                self._client = client
+                self._js = client.jetstream(timeout=self.config.timeout)
+                self._stream_checked = False
+                log.info("connected to NATS", sink=self.connection.name, endpoint=self.endpoint)
+            if not self._stream_checked:
+                await ensure_stream(self._js, self.config)
+                self._stream_checked = True
+            return self._js
+
+    async def _error(self, exc: Exception) -> None:
+        log.debug("NATS client error", sink=self.connection.name, error=self._why(exc))
+
+    async def _disconnected(self) -> None:
+        if not self._closing:
+            log.info("disconnected from NATS; reconnecting", sink=self.connection.name)
+
+    async def aclose(self) -> None:
+        """Close the connection (what is unacknowledged stays spooled)."""
+        self._closing = True
+        client, self._client = self._client, None
+        if client is not None and not client.is_closed:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+
+def _peek(row: SpooledEvent) -> Event:
+    return Event.model_validate_json(row.event)
+
+
+async def ensure_stream(js: Any, config: NatsSinkConfig) -> None:
+    """Create ``config.stream`` if the server has none of that name (file storage, subjects
+    ``<prefix>.>``, a duplicate window as long as the spool keeps an event, the configured
+    limits); an existing stream is used as it is."""
+    import nats.js.errors  # noqa: PLC0415
+    from nats.js.api import StorageType, StreamConfig  # noqa: PLC0415
+
+    try:
+        await js.stream_info(config.stream)
+        return
+    except nats.js.errors.NotFoundError:
+        pass
+    limits = config.stream_limits
+    window = config.max_age
+    if limits.max_age:
+        window = min(window, limits.max_age)
+    await js.add_stream(
+        StreamConfig(
+            name=config.stream,
+            subjects=[f"{subject_prefix(config.subject)}.>"],
+            storage=StorageType.FILE,
+            duplicate_window=window,
+            max_age=limits.max_age or None,
+            max_bytes=limits.max_bytes or -1,
+            max_msgs_per_subject=limits.max_msgs_per_subject or -1,
+        )
+    )
+    log.info(
+        "created the JetStream stream",
+        stream=config.stream,
+        subjects=f"{subject_prefix(config.subject)}.>",
+        duplicate_window=window,
+    )
+
+
+def _policy(config: NatsSinkConfig) -> Policy:
+    return Policy(config.retry_initial, config.max_retry_delay, config.max_age, config.batch)
+
+
+class NatsSink(Sink):
+    """Publishes events to JetStream from a spool at ``<state_directory>/nats-<name>.sqlite``."""
+
+    def __init__(self, name: str, config: NatsSinkConfig, state_directory: Path) -> None:
+        self.name = name
+        self._publisher = _Publisher(Connection(name, config))
+        spool = Spool(
+            state_directory / f"nats-{name}.sqlite",
+            state_directory / f"nats-{name}.deadletter.jsonl",
+            config.max_spool,
+            config.deadletter_max_bytes,
+        )
+        self.queue = DurableQueue(
+            name, "nats", spool, self._publisher, _policy(config), grace=CLOSE_GRACE
+        )
+
+    @property
+    def config(self) -> NatsSinkConfig:
+        """The options in force (a reload may have replaced them)."""
+        return self._publisher.config
+
+    def spooled(self) -> int:
+        """Events spooled and not acknowledged yet."""
+        return len(self.queue)
+
+    async def start(self) -> None:
+        """Open the spool and start publishing; events left by a previous run go first."""
+        for warning in self._publisher.connection.warnings:
+            log.warning(warning, sink=self.name)
+        await self.queue.open()
+
+    def prepare(self, options: SinkBase) -> Callable[[], None]:
+        """Read the credentials and CA for ``options`` again (a reload); returns what puts
+        them in force, on a new connection. Raises :class:`ConfigError`, nothing changed."""
+        if not isinstance(options, NatsSinkConfig):
+            raise ConfigError("<reload>", [(f"sinks.{self.name}.type", "cannot change type")])
+        publisher = _Publisher(Connection(self.name, options))
+
+        def apply() -> None:
+            old, self._publisher = self._publisher, publisher
+            self.queue.spool.max_spool = options.max_spool
+            self.queue.spool.deadletter_max_bytes = options.deadletter_max_bytes
+            for warning in publisher.connection.warnings:
+                log.warning(warning, sink=self.name)
+            self.queue.reconfigure(publisher, _policy(options))
+            asyncio.get_running_loop().create_task(old.aclose())
+
+        return apply
+
+    async def emit(self, events: Sequence[Event]) -> None:
+        """Spool the batch (one transaction) and wake the publisher; no network here."""
+        await self.queue.put(events)
+
+    async def aclose(self) -> None:
+        """Stop publishing (after a short grace if healthy) and close; the spool keeps the rest."""
+        await self.queue.close()
+        await self._publisher.aclose()
