@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from pydantic import ValidationError
 
-from linkmond import __version__, rtnl
+from linkmond import __version__, cli_fleet, rtnl
 from linkmond.config import (
     DEFAULT_PATH,
     EX_CONFIG,
@@ -100,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
         help="decode a recorded netlink stream (rtmon / ip monitor file); exit 65 if damaged",
     )
     p.add_argument("file", type=Path, help="file written by `rtmon file F` or `ip monitor file`")
+    cli_fleet.add_parser(sub)
     for command in sub.choices.values():
         command.add_argument("--version", action="version", version=f"linkmond {__version__}")
     return parser
@@ -117,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _monitor(args)
         if args.command == "status":
             return _status(args.json, args.config)
+        if args.command == "fleet":
+            return cli_fleet.run(args)
         return _replay(args.file)
     except ConfigError as exc:
         print(f"linkmond: configuration error: {exc}", file=sys.stderr)

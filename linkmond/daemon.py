@@ -26,10 +26,12 @@ from linkmond import __version__, rtnl
 from linkmond.config import Config, ConfigError
 from linkmond.events import Event, EventFactory
 from linkmond.fanout import Fanout, SinkCounters, SinkWorker
+from linkmond.filters import GlobFilter
 from linkmond.logs import configure as configure_logs
 from linkmond.notify import Notifier, watchdog_interval
 from linkmond.publisher import Publisher
 from linkmond.sinks import Sink, SinkError, build_sink
+from linkmond.sinks.base import LinkObserver
 from linkmond.source import current_netns_name
 from linkmond.watcher import NetnsWatcher, tune_gc
 from linkmond.watchers import Watchers
@@ -105,6 +107,7 @@ class Daemon:
             saving=self.saving,
             state_directory=self._state_directory,
             passed_socket=passed_socket,
+            changed=self._namespaces_changed,
         )
         self.notifier = Notifier()
         self._saver: asyncio.Task[None] | None = None
@@ -114,6 +117,9 @@ class Daemon:
         self._wake = asyncio.Event()  # a reload is waiting
         self._reload_requested = False
         self._retiring: set[asyncio.Task[None]] = set()
+        #: what keeps the current links (a nats sink's fleet view): told every link event
+        self._link_observers: list[LinkObserver] = []
+        self._started = False
         #: what puts each sink's new options in force, for the reload being carried out
         self._reconfigured: dict[str, Callable[[], None]] = {}
         #: the threads sinks write from (asyncio.to_thread), joined with a limit at the end
@@ -129,10 +135,38 @@ class Daemon:
         return [SinkWorker(name, sink, config.sinks[name]) for name, sink in built.items()]
 
     def _deliver(self, event: Event) -> None:
-        """Count the event by namespace and type (the metrics), then fan it out."""
+        """Count the event by namespace and type (the metrics), tell the link observers of a
+        link event, then fan it out."""
         key = (event.netns, event.type)
         self.event_counts[key] = self.event_counts.get(key, 0) + 1
+        if self._link_observers and event.type.startswith("link."):
+            for observer in self._link_observers:
+                observer.link_event(event)
         self.fanout.publish(event)
+
+    def _sync_links(self) -> None:
+        """Give every link observer (a nats sink's fleet view) the current links of every
+        watched namespace, as ``[monitor] interfaces`` lets them through."""
+        self._link_observers = [
+            observer
+            for worker in self.fanout.workers
+            if (observer := worker.sink.link_observer()) is not None
+        ]
+        if not self._link_observers:
+            return
+        interfaces = GlobFilter(self.config.monitor.interfaces)
+        links = [
+            (netns, link)
+            for netns, watcher in self.watchers.items()
+            for link in watcher.state.tables["link"].values()
+            if interfaces.matches_all or interfaces.match(link["ifname"])
+        ]
+        for observer in self._link_observers:
+            observer.sync(links)
+
+    def _namespaces_changed(self) -> None:
+        if self._started:  # at start, the first sync follows every namespace's
+            self._sync_links()
 
     def _state_directory(self) -> Path:
         return self.config.state_directory()  # the current config's: a reload may move it
@@ -200,6 +234,8 @@ class Daemon:
         await self._start_metrics()
         await self.fanout.start()
         await self.watchers.start()
+        self._started = True
+        self._sync_links()
         tune_gc()
         self.notifier.ready(self.status_line())
         log.info("started", version=__version__, netns=sorted(self.watchers.active))
@@ -313,6 +349,7 @@ class Daemon:
             log.warning("[metrics] listen changed: takes effect at the next restart")
         configure_logs(new.log.level, new.log.format)
         self.config = new
+        self._sync_links()
         log.info("reloaded", kept=sorted(unchanged), started=sorted(w.name for w in started))
         self.notifier.ready(self.status_line())
 

@@ -120,6 +120,11 @@ _FIELD_NAMES: Final = tuple(Event.model_fields)
 _FIELDS_SET: Final = frozenset(_FIELD_NAMES)
 
 
+def now_rfc3339() -> str:
+    """The current time as events carry it (RFC 3339, UTC, microseconds)."""
+    return _rfc3339(time.time_ns())
+
+
 class EventFactory:
     """Stamps changes into events: UUIDv7 id, time, consecutive ``seq``, source and netns.
 

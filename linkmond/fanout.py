@@ -231,6 +231,8 @@ class SinkWorker:
         self.hold_down = (
             HoldDown(options.hold_down, self._enqueue, self._wants) if options.hold_down else None
         )
+        #: the sink keeps the current links (a fleet view): it wants every link event built
+        self.observes_links = sink.link_observer() is not None
         self.counters = SinkCounters()
         #: the fan-out this worker reports ``over``/``high`` to (set by Fanout.workers); a
         #: retired worker has none, so draining it in the background never pauses the reader
@@ -590,6 +592,8 @@ class Fanout:
         for worker in self._workers:
             if worker.hold_down is not None and type_ == "link.removed":
                 return True  # it forgets the link, whatever its filters say
+            if worker.observes_links and type_.startswith("link."):
+                return True  # its view of the links sees every change
             interfaces = worker.interfaces
             if ifname is not None and not interfaces.matches_all and not interfaces.match(ifname):
                 continue

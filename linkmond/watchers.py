@@ -166,6 +166,7 @@ class Watchers:
         state_directory: Callable[[], Path],
         passed_socket: socket.socket | None = None,
         run_dir: Path = RUN_NETNS,
+        changed: Callable[[], None] | None = None,
     ) -> None:
         self.factory = factory
         self.deliver = deliver
@@ -174,6 +175,8 @@ class Watchers:
         self.saving = saving
         self.state_directory = state_directory
         self.run_dir = run_dir
+        #: called after a namespace was added or let go of
+        self.changed = changed or (lambda: None)
         self._passed_socket = passed_socket
         #: the watched namespaces, by the name their events carry
         self.active: dict[str, Watched] = {}
@@ -327,6 +330,7 @@ class Watchers:
             return
         counts = watcher.state.counts()
         log.info("watching network namespace", netns=namespace.name, **counts)
+        self.changed()
 
     def remove(self, name: str, reason: str) -> None:
         """Let go of ``name``: read what its socket holds, publish ``daemon.stopping`` for it,
@@ -345,6 +349,7 @@ class Watchers:
             watched.state_file.discard()
         watched.namespace.close()
         log.info("stopped watching network namespace", netns=name, reason=reason, **counters)
+        self.changed()
 
     async def reconfigure(self, monitor: MonitorConfig) -> None:
         """A reload: new interface filters and receive buffer for every watcher, and the

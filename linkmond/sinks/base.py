@@ -8,8 +8,8 @@ its destination, which keeps each one small.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from linkmond.events import Event
 
@@ -23,6 +23,17 @@ class SinkError(Exception):
     def __init__(self, message: str, delivered: int = 0) -> None:
         super().__init__(message)
         self.delivered = delivered
+
+
+class LinkObserver(Protocol):
+    """Something that keeps every current link (the nats sink's fleet view): told the whole
+    set, then each link event, whatever the sink's own filters."""
+
+    def sync(self, links: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Every current link as (netns, link fields)."""
+
+    def link_event(self, event: Event) -> None:
+        """One ``link.*`` event."""
 
 
 class Sink(abc.ABC):
@@ -57,4 +68,8 @@ class Sink(abc.ABC):
 
     def spooled(self) -> int | None:
         """Events held on disk for delivery (a durable sink's spool); None: no spool."""
+        return None
+
+    def link_observer(self) -> LinkObserver | None:
+        """What this sink keeps of the current links, if anything (see :class:`LinkObserver`)."""
         return None

@@ -33,9 +33,10 @@ import structlog
 from linkmond.config import ConfigError, NatsSinkConfig, SinkBase
 from linkmond.credentials import read_private
 from linkmond.durable import Delivered, DurableQueue, Outcome, Policy, Retry, explain
-from linkmond.events import Event
+from linkmond.events import Event, now_rfc3339
+from linkmond.fleet import FleetView
 from linkmond.redact import redact_url
-from linkmond.sinks.base import Sink
+from linkmond.sinks.base import LinkObserver, Sink
 from linkmond.spool import Spool, SpooledEvent
 
 log = structlog.get_logger("linkmond.nats")
@@ -124,21 +125,30 @@ class Connection:
         if warning:
             self.warnings.append(warning)
 
-    async def open(self, **callbacks: Any) -> Any:
-        """A connected ``nats.aio.client.Client`` (raises what nats-py raises)."""
+    async def open(self, **options: Any) -> Any:
+        """A connected ``nats.aio.client.Client`` (raises what nats-py raises); ``options``
+        (callbacks, reconnection) go to ``nats.connect``."""
         import nats  # noqa: PLC0415 - only configurations with a nats sink load the client
 
-        return await nats.connect(
-            servers=list(self.config.servers),
-            connect_timeout=max(1, round(self.config.timeout)),
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=1,
-            tls=self._tls,
-            name=f"linkmond {host_name()}",
+        settings: dict[str, Any] = {
+            "servers": list(self.config.servers),
+            "connect_timeout": max(1, round(self.config.timeout)),
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 1,
+            "tls": self._tls,
+            "name": f"linkmond {host_name()}",
+            # nats-py would log every failed reconnection with a traceback: the callers log
+            # what matters (a publish or a write that failed), once per streak
+            "error_cb": _quiet,
             **self._auth,
-            **callbacks,
-        )
+        }
+        settings.update(options)
+        return await nats.connect(**settings)
+
+
+async def _quiet(exc: Exception) -> None:
+    log.debug("NATS client error", error=explain(exc))
 
 
 def _raw_credentials(text: str) -> Any:
@@ -233,9 +243,7 @@ class _Publisher:
         async with self._lock:
             client = self._client
             if client is None or client.is_closed:
-                client = await self.connection.open(
-                    error_cb=self._error, disconnected_cb=self._disconnected
-                )
+                client = await self.connection.open(disconnected_cb=self._disconnected)
                 self._client = client
                 self._js = client.jetstream(timeout=self.config.timeout)
                 self._stream_checked = False
@@ -244,9 +252,6 @@ class _Publisher:
                 await ensure_stream(self._js, self.config)
                 self._stream_checked = True
             return self._js
-
-    async def _error(self, exc: Exception) -> None:
-        log.debug("NATS client error", sink=self.connection.name, error=self._why(exc))
 
     async def _disconnected(self) -> None:
         if not self._closing:
@@ -319,6 +324,8 @@ class NatsSink(Sink):
         self.queue = DurableQueue(
             name, "nats", spool, self._publisher, _policy(config), grace=CLOSE_GRACE
         )
+        #: this host's links in the fleet's key-value bucket
+        self.fleet = FleetView(self._publisher.connection, host_name())
 
     @property
     def config(self) -> NatsSinkConfig:
@@ -334,6 +341,11 @@ class NatsSink(Sink):
         for warning in self._publisher.connection.warnings:
             log.warning(warning, sink=self.name)
         await self.queue.open()
+        self.fleet.start(now_rfc3339())
+
+    def link_observer(self) -> LinkObserver:
+        """The fleet view: it sees every link event and the daemon's link tables."""
+        return self.fleet
 
     def prepare(self, options: SinkBase) -> Callable[[], None]:
         """Read the credentials and CA for ``options`` again (a reload); returns what puts
@@ -349,6 +361,7 @@ class NatsSink(Sink):
             for warning in publisher.connection.warnings:
                 log.warning(warning, sink=self.name)
             self.queue.reconfigure(publisher, _policy(options))
+            self.fleet.reconfigure(publisher.connection)
             asyncio.get_running_loop().create_task(old.aclose())
 
         return apply
@@ -360,4 +373,5 @@ class NatsSink(Sink):
     async def aclose(self) -> None:
         """Stop publishing (after a short grace if healthy) and close; the spool keeps the rest."""
         await self.queue.close()
+        await self.fleet.aclose()
         await self._publisher.aclose()

@@ -1,0 +1,277 @@
+"""The fleet view: every host's current links in the JetStream key-value bucket
+``LINKMOND_LINKS``, so that "which NICs have no carrier right now" is one read.
+
+Each daemon with a nats sink keeps its own links there, key ``<host>.<netns>.<ifname>``
+(each part escaped to what a key may hold), value the link as JSON: ``host``, ``netns``,
+``ifname``, ``ifindex``, ``admin_up``, ``carrier``, ``operstate``, ``mtu``, ``mac``,
+``since`` (the time of its last change, or when the daemon first saw it) and ``event_id``
+(the event that told it; null for a link unchanged since the daemon started). The whole set
+is written at start and after every reconnection (keys of this host that name no current
+link are deleted then), one key on every link event, and a key is deleted on
+``link.removed``. Writes are coalesced: a key written again before the last write went out
+is sent once, with its latest value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+import structlog
+
+from linkmond.backoff import Backoff
+from linkmond.durable import explain
+from linkmond.events import Event
+
+if TYPE_CHECKING:
+    from linkmond.sinks.nats import Connection
+
+log = structlog.get_logger("linkmond.fleet")
+
+BUCKET: Final = "LINKMOND_LINKS"
+#: the link fields a value carries (beside host, netns, since and event_id)
+FIELDS: Final = ("ifname", "ifindex", "admin_up", "carrier", "operstate", "mtu", "mac")
+#: what a key token may not hold (NATS keys: letters, digits, ``-_=/``; ``.`` separates)
+_NOT_IN_KEY: Final = re.compile(r"[^-_=A-Za-z0-9]")
+
+
+def key_token(value: str) -> str:
+    """``value`` as one token of a key: anything but letters, digits and ``-_=`` as ``_``."""
+    return _NOT_IN_KEY.sub("_", value) or "_"
+
+
+def link_key(host: str, netns: str, ifname: str) -> str:
+    """``<host>.<netns>.<ifname>``, each escaped."""
+    return f"{key_token(host)}.{key_token(netns)}.{key_token(ifname)}"
+
+
+def link_value(
+    host: str, netns: str, link: dict[str, Any], since: str, event_id: str | None
+) -> dict[str, Any]:
+    """The JSON object the bucket holds for one link."""
+    value: dict[str, Any] = {"host": host, "netns": netns}
+    value.update({field: link.get(field) for field in FIELDS})
+    value["since"] = since
+    value["event_id"] = event_id
+    return value
+
+
+class FleetView:
+    """This host's links in the bucket, kept current from a snapshot and link events.
+
+    :meth:`sync` gives the whole set (at start, when a namespace comes or goes);
+    :meth:`link_event` one change. A task writes what changed, reconnecting and writing the
+    whole set again after a failure, with backoff; it never holds anything else up.
+    """
+
+    def __init__(self, connection: Connection, host: str) -> None:
+        self.connection = connection
+        self.host = host
+        #: key → the value it should hold (None: delete it)
+        self._desired: dict[str, dict[str, Any]] = {}
+        self._dirty: dict[str, dict[str, Any] | None] = {}
+        self._full = True  # write everything and delete stale keys at the next chance
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._client: Any = None
+        self._kv: Any = None
+        self._failing = False
+        #: (netns, ifindex) → (since, event_id) of the link's last event
+        self._changed: dict[tuple[str, int], tuple[str, str]] = {}
+        self._started_at = ""
+
+    def start(self, now: str) -> None:
+        """Begin writing (``now``: the time links never changed since are given)."""
+        self._started_at = now
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="fleet-view")
+
+    def reconfigure(self, connection: Connection) -> None:
+        """A reload: connect anew with ``connection`` and write the whole set again."""
+        self.connection = connection
+        self._drop_client()
+        self._full = True
+        self._wake.set()
+
+    def sync(self, links: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Every current link, as (netns, link); what is not among them is deleted."""
+        desired = {}
+        for netns, link in links:
+            since, event_id = self._changed.get((netns, link["ifindex"]), (self._started_at, None))
+            key = link_key(self.host, netns, link["ifname"])
+            desired[key] = link_value(self.host, netns, link, since, event_id)
+        for key in self._desired.keys() - desired.keys():
+            self._dirty[key] = None
+        for key, value in desired.items():
+            if self._desired.get(key) != value:
+                self._dirty[key] = value
+        self._desired = desired
+        self._wake.set()
+
+    def link_event(self, event: Event) -> None:
+        """A link event of any namespace: its key written, or deleted for ``link.removed``."""
+        data = event.data
+        key = link_key(self.host, event.netns, data["ifname"])
+        ident = (event.netns, data["ifindex"])
+        if event.type == "link.removed":
+            self._changed.pop(ident, None)
+            if self._desired.pop(key, None) is not None:
+                self._dirty[key] = None
+        else:
+            self._changed[ident] = (event.time, event.id)
+            renamed = data.get("changes", {}).get("ifname")
+            if renamed and renamed[0]:
+                old = link_key(self.host, event.netns, renamed[0])
+                if self._desired.pop(old, None) is not None:
+                    self._dirty[old] = None
+            value = link_value(self.host, event.netns, data, event.time, event.id)
+            self._desired[key] = value
+            self._dirty[key] = value
+        self._wake.set()
+
+    async def aclose(self, grace: float = 1.0) -> None:
+        """Write what is pending (within ``grace`` seconds), then disconnect."""
+        if self._task is not None:
+            if self._dirty and not self._failing:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(grace):
+                        while self._dirty:  # noqa: ASYNC110 - the writer empties it
+                            await asyncio.sleep(0.01)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._close_client()
+
+    # -- the writer -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        config = self.connection.config
+        backoff = Backoff(config.retry_initial, config.max_retry_delay, jitter=True)
+        while True:
+            if not self._dirty and not self._full:
+                self._wake.clear()
+                await self._wake.wait()
+            try:
+                await self._write()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._full = True
+                await self._close_client()
+                delay = backoff.next()
+                if not self._failing:
+                    log.warning(
+                        "fleet view not written; will retry",
+                        endpoint=self.connection.endpoint,
+                        error=explain(exc),
+                        retry_in=round(delay, 3),
+                    )
+                self._failing = True
+                await asyncio.sleep(delay)
+                continue
+            if self._failing:
+                log.info("fleet view written again", endpoint=self.connection.endpoint)
+            self._failing = False
+            backoff.reset()
+
+    async def _bucket(self) -> Any:
+        if self._kv is None:
+            self._client = await self.connection.open()
+            self._kv = await open_bucket(self._client.jetstream(), create=True)
+        return self._kv
+
+    async def _write(self) -> None:
+        kv = await self._bucket()
+        if self._full:
+            self._dirty.clear()
+            prefix = key_token(self.host) + "."
+            stale = [k for k in await bucket_keys(kv) if k.startswith(prefix)]
+            for key in stale:
+                if key not in self._desired:
+                    await kv.delete(key)
+            for key, value in list(self._desired.items()):
+                await kv.put(key, orjson.dumps(value))
+            self._full = False
+            return
+        while self._dirty:
+            key = next(iter(self._dirty))
+            wanted = self._dirty[key]
+            if wanted is None:
+                await kv.delete(key)
+            else:
+                await kv.put(key, orjson.dumps(wanted))
+            if self._dirty.get(key) is wanted:  # not changed again meanwhile
+                del self._dirty[key]
+
+    def _drop_client(self) -> None:
+        client, self._client, self._kv = self._client, None, None
+        if client is not None:
+            asyncio.get_running_loop().create_task(_close(client))
+
+    async def _close_client(self) -> None:
+        client, self._client, self._kv = self._client, None, None
+        if client is not None:
+            await _close(client)
+
+
+async def _close(client: Any) -> None:
+    with contextlib.suppress(Exception):
+        await client.close()
+
+
+async def open_bucket(js: Any, *, create: bool) -> Any:
+    """The ``LINKMOND_LINKS`` bucket (created, one value per key, on disk, if ``create``)."""
+    import nats.js.errors  # noqa: PLC0415
+    from nats.js.api import KeyValueConfig, StorageType  # noqa: PLC0415
+
+    try:
+        return await js.key_value(BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        if not create:
+            raise
+    return await js.create_key_value(
+        KeyValueConfig(bucket=BUCKET, history=1, storage=StorageType.FILE)
+    )
+
+
+async def bucket_keys(kv: Any) -> list[str]:
+    """Every key in the bucket (none: an empty list, not an error)."""
+    import nats.js.errors  # noqa: PLC0415
+
+    try:
+        return list(await kv.keys())
+    except nats.js.errors.NoKeysError:
+        return []
+
+
+async def read_links(kv: Any) -> list[dict[str, Any]]:
+    """Every link of every host in the bucket, sorted by host, netns and name."""
+    import nats.js.errors  # noqa: PLC0415
+
+    links = []
+    for key in await bucket_keys(kv):
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            continue  # deleted meanwhile
+        if entry.value:
+            links.append(orjson.loads(entry.value))
+    links.sort(key=lambda v: (v.get("host", ""), v.get("netns", ""), v.get("ifname", "")))
+    return links
+
+
+def select(links: list[dict[str, Any]], host: str | None, down: bool) -> list[dict[str, Any]]:
+    """``links`` of hosts matching the glob ``host``; with ``down`` only those admin up
+    without carrier."""
+    return [
+        link
+        for link in links
+        if (host is None or fnmatch.fnmatchcase(link.get("host", ""), host))
+        and (not down or (link.get("admin_up") and not link.get("carrier")))
+    ]
