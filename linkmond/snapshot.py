@@ -300,9 +300,10 @@ class StateFile:
         )
         return restored
 
-    def discard(self) -> None:
-        """Remove the saved state (``reconcile_on_start = false``: an old state must never be
-        reconciled later as if it were recent)."""
+    def discard(self, why: str = "reconcile_on_start is off") -> None:
+        """Remove the saved state, logging ``why`` (``reconcile_on_start = false``: an old
+        state must never be reconciled later as if it were recent; or the namespace it
+        describes was deleted)."""
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -310,7 +311,7 @@ class StateFile:
         except OSError as exc:
             log.warning("cannot remove the saved state", path=str(self.path), error=exc.strerror)
             return
-        log.info("reconcile_on_start is off: removed the saved state", path=str(self.path))
+        log.info(f"{why}: removed the saved state", path=str(self.path))
 
     def _set_aside(self, suffix: str, reason: str) -> None:
         path = self.path

@@ -49,6 +49,8 @@ OWN: Final = "default"
 REMOVED: Final = "netns removed"
 #: ... and of one the config no longer names after a reload
 UNLISTED: Final = "no longer in [monitor] netns"
+#: why the saved state of a deleted namespace is removed (for the log)
+DELETED_STATE: Final = "the network namespace was deleted"
 
 
 def _why(exc: OSError) -> str:
@@ -74,6 +76,8 @@ class Watched:
         self.saved_at: tuple[int, int] | None = None
         #: the cache was filled from a saved state, not saved yet in this run
         self.restored = False
+        #: the namespace was deleted: its state is removed, never saved again
+        self.removed = False
 
     @property
     def name(self) -> str:
@@ -114,7 +118,7 @@ class Watched:
         if watcher.scheduler is None or not watcher.scheduler.ready:
             return  # still being filled silently: it is not what the sinks were told
         seen = (watcher.stats.messages, self.publisher.events)
-        if seen == self.saved_at and not always:
+        if (seen == self.saved_at and not always) or self.removed:
             return
         state_file = self.state_file
         try:
@@ -126,6 +130,9 @@ class Watched:
             return
         except Exception as exc:  # a bug must not end the saving for the rest of the run
             log.error("state not saved", path=str(state_file.path), exc_info=exc)
+            return
+        if self.removed:  # the namespace was deleted while the state was being written
+            state_file.discard(DELETED_STATE)
             return
         self.saved_at = seen
         self.restored = False
@@ -184,6 +191,8 @@ class Watchers:
         self.ended: dict[str, int] = {}
         self._ended_resync_events = 0
         self._starting: dict[str, asyncio.Task[None]] = {}
+        #: namespaces let go of, being saved and closed
+        self._closing: set[asyncio.Task[None]] = set()
         self._dir: NamespaceDir | None = None
         self._stopped = False
 
@@ -334,7 +343,8 @@ class Watchers:
 
     def remove(self, name: str, reason: str) -> None:
         """Let go of ``name``: read what its socket holds, publish ``daemon.stopping`` for it,
-        remove its saved state (that namespace instance is gone) and close it."""
+        then close it: a deleted namespace's saved state is removed (that instance is gone),
+        an unlisted one's saved (it may be listed again: its state must be what was told)."""
         watched = self.active.pop(name)
         watched.watcher.stop()
         self.fanout.forget_netns(name)
@@ -345,11 +355,19 @@ class Watchers:
         for key, value in counters.items():
             self.ended[key] = self.ended.get(key, 0) + value
         self._ended_resync_events += watched.publisher.resync_events
-        if reason == REMOVED:
-            watched.state_file.discard()
-        watched.namespace.close()
         log.info("stopped watching network namespace", netns=name, reason=reason, **counters)
+        task = asyncio.create_task(self._close(watched, reason == REMOVED))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
         self.changed()
+
+    async def _close(self, watched: Watched, deleted: bool) -> None:
+        if deleted:
+            watched.removed = True
+            watched.state_file.discard(DELETED_STATE)
+        elif self.saving:
+            await watched.save(0.02, always=True)  # nothing is read any more: exact
+        watched.namespace.close()
 
     async def reconfigure(self, monitor: MonitorConfig) -> None:
         """A reload: new interface filters and receive buffer for every watcher, and the
@@ -388,8 +406,8 @@ class Watchers:
             watched.watcher.stop()
 
     async def wait_started(self) -> None:
-        """Wait for namespaces still being started (cancelled at stop)."""
-        tasks = list(self._starting.values())
+        """Wait for namespaces still being started (cancelled at stop) or closed."""
+        tasks = [*self._starting.values(), *self._closing]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 

@@ -263,10 +263,9 @@ def test_systemd_analyze_verify_accepts_the_unit_with_the_netns_drop_in(tmp_path
 
 
 @needs_analyze
-def test_systemd_analyze_security_rates_an_instance_like_the_unit(tmp_path: Path) -> None:
-    instance = tmp_path / "linkmond@blue.service"
-    shutil.copyfile(TEMPLATE, instance)
-    score, failed = exposure(instance, "linkmond@blue.service")
+def test_systemd_analyze_security_rates_an_instance_like_the_unit() -> None:
+    # an instance's path resolves to the template beside it, %i expanded
+    score, failed = exposure(TEMPLATE.parent / "linkmond@blue.service", "linkmond@blue.service")
     print(f"linkmond@blue.service: {score}\n{failed}")
     assert score <= MAX_EXPOSURE, f"exposure {score}; what costs:\n{failed}"
     unit_score, _ = exposure(UNIT, "linkmond.service")
@@ -371,6 +370,8 @@ def test_netns_config_journals_only_and_keeps_the_system_configs_journal_filter(
     for group in config.monitor.groups:
         assert any(events.match(f"{group}.{kind}") for kind in ("added", "changed")), group
     assert not {"route", "neigh"} & set(config.monitor.groups)
+    # its own namespace, the one the unit starts it in: entering others needs a capability
+    assert config.monitor.netns == ["default"]
     # $STATE_DIRECTORY wins; the fallback is apart from linkmond.service's too
     assert config.daemon.state_directory != system.daemon.state_directory
 
