@@ -27,7 +27,7 @@ itself takes effect at the next restart.
 
 ``linkmond_link_carrier_changes_total`` is the kernel's own count (IFLA_CARRIER_CHANGES),
 read by the decoder into :class:`~linkmond.decode.LinkObj` beside the event's fields, never
-into an event. ``linkmond_sink_spool_depth`` is the rows a webhook sink's SQLite spool holds
+into an event. ``linkmond_sink_spool_depth`` is the rows a durable sink's SQLite spool holds
 as the sink counts them (no query on the loop).
 """
 
@@ -257,7 +257,7 @@ class DaemonCollector(Collector):
         )
         spool = GaugeMetricFamily(
             "linkmond_sink_spool_depth",
-            "Events in a webhook sink's spool, not yet acknowledged by the receiver.",
+            "Events in a durable (webhook, nats) sink's spool, not yet acknowledged.",
             labels=sink,
         )
         for s in snap.sinks:
