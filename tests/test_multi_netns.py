@@ -577,7 +577,10 @@ def test_a_save_under_way_when_the_namespace_goes_leaves_no_state_file(
     stopping = wait_in(daemon, b, "daemon.stopping")
     assert stopping["data"]["reason"] == REMOVED
     wait_for(lambda: not any(temporary(p.name) for p in state.iterdir()), what="the save over")
-    assert not saved_b.exists(), "recreated by the save under way after it was removed"
+    # the save under way puts its file in place, then finds the namespace gone and removes it
+    wait_for(lambda: not saved_b.exists(), what=f"{saved_b} removed after the save under way")
+    assert daemon.stop() == 0
+    assert not saved_b.exists(), "a state file of a deleted namespace was left behind"
 
 
 @pytest.mark.netns
@@ -591,12 +594,15 @@ def test_removing_the_state_of_a_deleted_namespace_is_logged_for_what_it_is(
     ns_b.delete()
     wait_in(daemon, ns_b.name, "daemon.stopping")
     wait_for(lambda: not saved_b.exists(), what="B's state removed")
+    removal = "the network namespace was deleted: removed the saved state"
+    wait_for(
+        lambda: [e for e in logs(daemon) if e.get("event") == removal],
+        what="the removal logged",
+    )
     about = [e for e in logs(daemon) if e.get("path") == str(saved_b)]
     # reconcile_on_start is on (the default): no log line may say it is off
     assert not [e for e in about if "reconcile_on_start is off" in e["event"]], about
-    assert [e["event"] for e in about if "removed the saved state" in e["event"]] == [
-        "the network namespace was deleted: removed the saved state"
-    ], about
+    assert [e["event"] for e in about if "removed the saved state" in e["event"]] == [removal]
 
 
 # -- the configuration (no root needed) ------------------------------------------------------------
