@@ -187,7 +187,20 @@ class NamespaceDir:
         self._fd = ino.fd
         self._watch()
         self._loop.add_reader(self._fd, self._on_readable)
-        return named_namespaces(self.run_dir)
+        present = named_namespaces(self.run_dir)
+        self._check_unmounted(present)
+        return present
+
+    def _check_unmounted(self, known: list[str]) -> None:
+        """Names in the directory that are not namespaces yet: ``ip netns add`` made the file
+        before we watched and mounts the namespace on it next; report them once it has."""
+        try:
+            names = [entry.name for entry in self.run_dir.iterdir()]
+        except OSError:
+            return
+        for name in names:
+            if name not in known and name not in self._pending:
+                self._check(name, _READY_TRIES, _READY_FIRST)
 
     def _watch(self) -> None:
         ino = self._inotify
@@ -212,8 +225,9 @@ class NamespaceDir:
             if where != run_dir:  # the parent: has the directory been made?
                 if self._watching_parent and name == self.run_dir.name and self.run_dir.is_dir():
                     self._watch()
-                    for existing in named_namespaces(self.run_dir):
-                        self._check(existing, _READY_TRIES, _READY_FIRST)
+                    # what was made before the watch (the first `ip netns add` makes the
+                    # directory and then, at once, its file): each reported once it is mounted
+                    self._check_unmounted([])
                 continue
             if not name:
                 continue
@@ -227,7 +241,9 @@ class NamespaceDir:
                 self._check(name, _READY_TRIES, _READY_FIRST)
 
     def _check(self, name: str, tries: int, delay: float) -> None:
-        self._pending.pop(name, None)
+        handle = self._pending.pop(name, None)
+        if handle is not None:
+            handle.cancel()  # checked anew now (harmless if it is the handle calling)
         if is_namespace(self.run_dir / name):
             self.appeared(name)
             return

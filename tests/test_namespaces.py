@@ -82,3 +82,49 @@ def test_namespaces_added_and_deleted_are_reported_as_they_happen() -> None:
     assert all(is_namespace(Path("/run/netns") / n) or n.startswith("lm") for n in before)
     assert seen == gone  # once each, by the namespace's own name
     assert len(seen) == 1
+
+
+def test_names_made_before_the_watch_are_reported_once_their_namespace_is_mounted(
+    ns: NetNS, tmp_path: Path
+) -> None:
+    """The first ``ip netns add`` makes the directory and, at once, the name's file, then
+    mounts the namespace on it: a watcher that saw the directory appear (or started between
+    the file and the mount) must still report the name once it is a namespace."""
+    run_dir = tmp_path / "netns"
+    source = f"/run/netns/{ns.name}"
+
+    async def scenario() -> list[str]:
+        seen: list[str] = []
+        changed = asyncio.Event()
+
+        def appeared(name: str) -> None:
+            seen.append(name)
+            changed.set()
+
+        watcher = NamespaceDir(appeared, lambda name: None, run_dir)
+        assert watcher.start() == []  # no directory yet: its parent is watched
+        # the directory and a file in it, in one go, before the watcher had a turn
+        run_dir.mkdir()
+        (run_dir / "early").write_text("")
+        mounted: list[Path] = []
+        try:
+            async with asyncio.timeout(5):  # the watcher has seen the directory (not the file)
+                while watcher._watching_parent:  # noqa: ASYNC110 - its own task, with a deadline
+                    await asyncio.sleep(0.005)
+            assert seen == []  # a plain file is no namespace
+            early = run_dir / "early"
+            await asyncio.to_thread(
+                subprocess.run, ["mount", "--bind", source, str(early)], check=True
+            )
+            mounted.append(early)
+            async with asyncio.timeout(10):
+                while "early" not in seen:
+                    changed.clear()
+                    await changed.wait()
+        finally:
+            for path in mounted:
+                await asyncio.to_thread(subprocess.run, ["umount", str(path)], check=False)
+            watcher.close()
+        return seen
+
+    assert asyncio.run(scenario()) == ["early"]
