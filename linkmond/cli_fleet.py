@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from linkmond.config import ConfigError, NatsSinkConfig
 from linkmond.events import Event, describe
 from linkmond.filters import GlobFilter
+from linkmond.logs import configure as configure_logs
 
 #: sysexits.h: a service is unavailable (no NATS server could be reached)
 EX_UNAVAILABLE: Final = 69
@@ -57,6 +58,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``linkmond fleet …``; returns the exit status."""
+    configure_logs("warning", "auto")
     try:
         config = NatsSinkConfig(
             type="nats",
@@ -91,12 +93,9 @@ def run(args: argparse.Namespace) -> int:
 
 async def _connect(connection: Any) -> Any:
     try:
-        return await connection.open(max_reconnect_attempts=0, allow_reconnect=False)
+        return await connection.open()
     except Exception as exc:
-        print(
-            f"linkmond fleet: cannot reach {connection.endpoint}: {type(exc).__name__}: {exc}",
-            file=sys.stderr,
-        )
+        print(f"linkmond fleet: cannot reach {connection.endpoint}: {exc}", file=sys.stderr)
         return None
 
 

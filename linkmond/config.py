@@ -455,7 +455,7 @@ def _nats_url(value: str) -> str:
 
 
 #: a JetStream stream name: no whitespace, dots, wildcards or path separators
-_STREAM_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,255}")
+_STREAM_NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 #: a literal token of a subject template
 _SUBJECT_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]+")
 #: what a subject template may name
@@ -715,7 +715,7 @@ def _describe(err: Any, raw: dict[str, Any]) -> tuple[str, str]:
         tags = err.get("ctx", {}).get("expected_tags", "")
         return f"{key}.type", f"unknown sink type {err['input'].get('type')!r} (expected {tags})"
     if kind == "union_tag_not_found":
-        return f"{key}.type", "required key is missing (console, file, journal or webhook)"
+        return f"{key}.type", "required key is missing (console, file, journal, webhook or nats)"
     if kind == "extra_forbidden" and len(loc) == 3 and loc[0] == "sinks" and loc[2] in _RENAMED:
         return key, f"replaced by {_RENAMED[loc[2]]}"
     if kind == "extra_forbidden" and loc[-1] == "secret":

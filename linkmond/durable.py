@@ -297,6 +297,7 @@ class DurableQueue:
     async def _attempt(self, rows: list[SpooledEvent]) -> None:
         """Send ``rows`` once (twice for an immediate retry) and act on the outcome; a retry
         waits here, then the caller reads the spool's head anew."""
+        self._changed.clear()  # a reload from now on ends the wait for a retry at once
         outcome = await self._send(rows)
         if isinstance(outcome, Retry) and outcome.immediate:
             outcome = await self._send(rows[outcome.delivered :])
@@ -361,7 +362,6 @@ class DurableQueue:
                 **suppressed(held),
             )
         age_left = row.accepted + policy.max_age - time.time()
-        self._changed.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(0.0, min(delay, age_left))):
                 await self._changed.wait()  # a reload: retry at once with the new settings

@@ -182,18 +182,33 @@ class FleetView:
 
     async def _bucket(self) -> Any:
         if self._kv is None:
-            self._client = await self.connection.open()
+            self._client = await self.connection.open(
+                reconnected_cb=self._reconnected, closed_cb=self._closed
+            )
             self._kv = await open_bucket(self._client.jetstream(), create=True)
         return self._kv
+
+    async def _reconnected(self) -> None:
+        self._full = True  # the server may have lost the bucket, or be another one
+        self._wake.set()
+
+    async def _closed(self) -> None:
+        # the client gave up reconnecting: connect anew (with backoff) and write everything
+        self._client = self._kv = None
+        self._full = True
+        self._wake.set()
 
     async def _write(self) -> None:
         kv = await self._bucket()
         if self._full:
             self._dirty.clear()
             prefix = key_token(self.host) + "."
-            stale = [k for k in await bucket_keys(kv) if k.startswith(prefix)]
+            stale = [
+                k for k in await bucket_keys(kv) if k.startswith(prefix) and k not in self._desired
+            ]
             for key in stale:
-                if key not in self._desired:
+                # another host whose name escapes alike (web.1, web_1) keeps its keys
+                if await self._ours(kv, key):
                     await kv.delete(key)
             for key, value in list(self._desired.items()):
                 await kv.put(key, orjson.dumps(value))
@@ -208,6 +223,18 @@ class FleetView:
                 await kv.put(key, orjson.dumps(wanted))
             if self._dirty.get(key) is wanted:  # not changed again meanwhile
                 del self._dirty[key]
+
+    async def _ours(self, kv: Any, key: str) -> bool:
+        import nats.js.errors  # noqa: PLC0415
+
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return False
+        try:
+            return bool(orjson.loads(entry.value or b"{}").get("host") == self.host)
+        except (orjson.JSONDecodeError, AttributeError):
+            return True  # not a link's value: nobody's, and under our name
 
     def _drop_client(self) -> None:
         client, self._client, self._kv = self._client, None, None

@@ -33,6 +33,12 @@ def configure(level: str = "info", fmt: Literal["auto", "console", "json"] = "au
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
+
+
+def _stderr_logger(*args: object) -> structlog.PrintLogger:
+    # sys.stderr as it is when a line is logged, not when logging was set up (a test's
+    # captured stream, long closed, must not take a later line down with it)
+    return structlog.PrintLogger(sys.stderr)

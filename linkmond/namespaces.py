@@ -26,9 +26,9 @@ RUN_NETNS: Final = Path("/run/netns")
 #: inotify's IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
 _DIR_EVENTS: Final = 0x100 | 0x200 | 0x40 | 0x80
 #: how long a new name may take to become a namespace (``ip netns add`` creates the file,
-#: then mounts the namespace on it): checked after 10 ms, doubling, for about 5 s in all
-_READY_FIRST: Final = 0.01
-_READY_TRIES: Final = 9
+#: then mounts the namespace on it): checked after 1 ms, doubling, for about 8 s in all
+_READY_FIRST: Final = 0.001
+_READY_TRIES: Final = 13
 
 _T = TypeVar("_T")
 

@@ -133,6 +133,19 @@ class _Hold:
             self.start()
 
 
+_READ_BUFFER: memoryview | None = None
+
+
+def _read_buffer() -> memoryview:
+    """The buffer every watcher reads datagrams into: one for all of them (1 MiB, resident
+    once written), as they all read on the event loop's thread, one datagram at a time, and
+    :meth:`NetnsWatcher.feed` copies what it read before anything else can read."""
+    global _READ_BUFFER  # noqa: PLW0603 - one per process, made on first use
+    if _READ_BUFFER is None:
+        _READ_BUFFER = memoryview(bytearray(READ_SIZE))
+    return _READ_BUFFER
+
+
 def tune_gc() -> None:
     """Keep the cyclic garbage collector off the hot path.
 
@@ -227,8 +240,7 @@ class NetnsWatcher:
         #: the socket dumps are requested and answered on (joined to no group)
         self.dump_sock: NetlinkSocket | None = None
         self.scheduler: DumpScheduler | None = None
-        self._buf = bytearray(READ_SIZE)
-        self._view = memoryview(self._buf)
+        self._view = _read_buffer()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: asyncio.Future[None] | None = None
         self._reading = _Hold(self._stop_reading, self._start_reading)

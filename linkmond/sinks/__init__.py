@@ -13,10 +13,6 @@ from linkmond.config import (
     WebhookSinkConfig,
 )
 from linkmond.sinks.base import Sink, SinkError
-from linkmond.sinks.console import ConsoleSink
-from linkmond.sinks.file import FileSink
-from linkmond.sinks.journal import JournalSink
-from linkmond.sinks.webhook import WebhookSink
 
 __all__ = ["Sink", "SinkError", "build_sink"]
 
@@ -27,17 +23,26 @@ def build_sink(name: str, config: SinkBase, state_directory: Path) -> Sink:
     May raise :class:`linkmond.config.ConfigError` for what only shows when the sink is
     built (an unreadable webhook secret).
     """
+    # each sink's module (and what it needs: aiohttp, nats-py) is loaded only when configured
     sink: Sink
     if isinstance(config, ConsoleSinkConfig):
+        from linkmond.sinks.console import ConsoleSink  # noqa: PLC0415
+
         sink = ConsoleSink(json_lines=config.json_lines, stream=config.stream)
     elif isinstance(config, FileSinkConfig):
+        from linkmond.sinks.file import FileSink  # noqa: PLC0415
+
         sink = FileSink(config.path, fsync=config.fsync, fsync_interval=config.fsync_interval)
     elif isinstance(config, JournalSinkConfig):
+        from linkmond.sinks.journal import JournalSink  # noqa: PLC0415
+
         sink = JournalSink(config.socket, config.priorities)
     elif isinstance(config, WebhookSinkConfig):
+        from linkmond.sinks.webhook import WebhookSink  # noqa: PLC0415
+
         sink = WebhookSink(name, config, state_directory)
     elif isinstance(config, NatsSinkConfig):
-        from linkmond.sinks.nats import NatsSink  # noqa: PLC0415 - loads only when configured
+        from linkmond.sinks.nats import NatsSink  # noqa: PLC0415
 
         sink = NatsSink(name, config, state_directory)
     else:  # pragma: no cover - the config union is closed

@@ -126,29 +126,57 @@ class Connection:
             self.warnings.append(warning)
 
     async def open(self, **options: Any) -> Any:
-        """A connected ``nats.aio.client.Client`` (raises what nats-py raises); ``options``
-        (callbacks, reconnection) go to ``nats.connect``."""
-        import nats  # noqa: PLC0415 - only configurations with a nats sink load the client
+        """A connected ``nats.aio.client.Client``; ``options`` (callbacks) go to its
+        ``connect``. Each server is tried twice at most (and the whole within ``timeout``
+        per server), then :class:`ConnectError` says the last reason (refused,
+        authorization violation, …). A connection lost later is tried again the same way,
+        after which the client is closed: the caller opens a new one with its backoff."""
+        from nats.aio.client import Client  # noqa: PLC0415 - loaded only for a nats sink
+
+        failures: list[BaseException] = []
+
+        async def record(exc: Exception) -> None:
+            failures.append(exc)
+            log.debug("NATS client error", error=explain(exc))
 
         settings: dict[str, Any] = {
             "servers": list(self.config.servers),
             "connect_timeout": max(1, round(self.config.timeout)),
+            # a lost connection is tried again once per server at once; then the client
+            # closes and the caller's backoff takes over (nats-py would otherwise retry a
+            # failing first connection for ever, inside connect)
             "allow_reconnect": True,
-            "max_reconnect_attempts": -1,
-            "reconnect_time_wait": 1,
+            "max_reconnect_attempts": 1,
+            "reconnect_time_wait": 0.5,
             "tls": self._tls,
             "name": f"linkmond {host_name()}",
             # nats-py would log every failed reconnection with a traceback: the callers log
             # what matters (a publish or a write that failed), once per streak
-            "error_cb": _quiet,
+            "error_cb": record,
             **self._auth,
         }
         settings.update(options)
-        return await nats.connect(**settings)
+        client = Client()
+        try:
+            async with asyncio.timeout(self.config.timeout * len(self.config.servers) + 1):
+                await client.connect(**settings)
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await client.close()
+            if isinstance(exc, Exception):
+                why = failures[-1] if failures else exc
+                raise ConnectError(self._redact(explain(why))) from exc
+            raise
+        return client
+
+    def _redact(self, text: str) -> str:
+        for url in self.config.servers:
+            text = text.replace(url, redact_url(url))
+        return text
 
 
-async def _quiet(exc: Exception) -> None:
-    log.debug("NATS client error", error=explain(exc))
+class ConnectError(Exception):
+    """No server of the list could be connected to; the message says why (the last reason)."""
 
 
 def _raw_credentials(text: str) -> Any:
@@ -210,6 +238,7 @@ class _Publisher:
                 async with asyncio.timeout(config.timeout):
                     await future
             except nats.js.errors.NoStreamResponseError:
+                self._stream_checked = False  # a server back without its store: create it again
                 return Retry(
                     "no stream takes subject "
                     f"{subject_for(config.subject, self.host, _peek(batch[delivered]))} (is "
@@ -234,16 +263,17 @@ class _Publisher:
         return Delivered()
 
     def _why(self, exc: BaseException) -> str:
-        text = explain(exc)
-        for url in self.config.servers:
-            text = text.replace(url, redact_url(url))
-        return text
+        if isinstance(exc, ConnectError):
+            return str(exc)
+        return self.connection._redact(explain(exc))
 
     async def _jetstream(self) -> Any:
         async with self._lock:
             client = self._client
             if client is None or client.is_closed:
-                client = await self.connection.open(disconnected_cb=self._disconnected)
+                client = await self.connection.open(
+                    disconnected_cb=self._disconnected, reconnected_cb=self._reconnected
+                )
                 self._client = client
                 self._js = client.jetstream(timeout=self.config.timeout)
                 self._stream_checked = False
@@ -252,6 +282,10 @@ class _Publisher:
                 await ensure_stream(self._js, self.config)
                 self._stream_checked = True
             return self._js
+
+    async def _reconnected(self) -> None:
+        self._stream_checked = False  # maybe another server, or one that lost its store
+        log.info("reconnected to NATS", sink=self.connection.name)
 
     async def _disconnected(self) -> None:
         if not self._closing:
