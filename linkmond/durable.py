@@ -42,6 +42,8 @@ log = structlog.get_logger("linkmond.durable")
 
 #: a recurring log line of a sink (spool full, will retry, …) at most once per this many s
 LOG_EVERY: Final = 10.0
+#: at close, how long the delivery task may take to end once cancelled
+CLOSE_WAIT: Final = 2.0
 
 
 @dataclass(frozen=True)
@@ -239,8 +241,8 @@ class DurableQueue:
                     async with asyncio.timeout(self.grace):
                         await self._empty.wait()
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # bounded: what is not acknowledged by then stays spooled for the next run
+            await asyncio.wait([self._task], timeout=CLOSE_WAIT)
             self._task = None
         if self._opened:
             await asyncio.to_thread(self.spool.close)
@@ -263,7 +265,8 @@ class DurableQueue:
     # -- delivery ---------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
+        task = asyncio.current_task()
+        while task is None or not task.cancelling():  # (a library may have swallowed it)
             self._wake.clear()  # before looking, so a put while we look is not missed
             policy = self.policy
             try:
@@ -337,10 +340,16 @@ class DurableQueue:
 
     async def _send(self, rows: Sequence[SpooledEvent]) -> Outcome:
         try:
-            return await self.transport.send(rows)
+            outcome = await self.transport.send(rows)
         except Exception as exc:  # a bug in a transport: a failed attempt, with its traceback
             log.error(f"{self.kind} transport error", sink=self.name, exc_info=exc)
-            return Retry(error=explain(exc))
+            outcome = Retry(error=explain(exc))
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # a client library may swallow the cancellation (nats-py turns it into an error
+            # it then ignores): closing must end this task all the same
+            raise asyncio.CancelledError
+        return outcome
 
     async def _wait_to_retry(self, row: SpooledEvent, outcome: Retry, attempts: int) -> None:
         self.failing = True

@@ -202,10 +202,8 @@ class FleetView:
         kv = await self._bucket()
         if self._full:
             self._dirty.clear()
-            prefix = key_token(self.host) + "."
-            stale = [
-                k for k in await bucket_keys(kv) if k.startswith(prefix) and k not in self._desired
-            ]
+            mine = await bucket_entries(kv, key_token(self.host) + ".>", meta_only=True)
+            stale = [e.key for e in mine if e.key not in self._desired]
             for key in stale:
                 # another host whose name escapes alike (web.1, web_1) keeps its keys
                 if await self._ours(kv, key):
@@ -267,28 +265,28 @@ async def open_bucket(js: Any, *, create: bool) -> Any:
     )
 
 
-async def bucket_keys(kv: Any) -> list[str]:
-    """Every key in the bucket (none: an empty list, not an error)."""
-    import nats.js.errors  # noqa: PLC0415
-
+async def bucket_entries(kv: Any, keys: str = ">", *, meta_only: bool = False) -> list[Any]:
+    """The current entries whose keys match ``keys`` (a subject pattern: ``web1.>``), read
+    in one go by a watcher (one request, not one per key); deleted keys left out."""
+    watcher = await kv.watch(keys, ignore_deletes=True, meta_only=meta_only)
+    entries = []
     try:
-        return list(await kv.keys())
-    except nats.js.errors.NoKeysError:
-        return []
+        async for entry in watcher:
+            if entry is None:  # the end of what is stored now
+                break
+            entries.append(entry)
+    finally:
+        await watcher.stop()
+    return entries
 
 
 async def read_links(kv: Any) -> list[dict[str, Any]]:
     """Every link of every host in the bucket, sorted by host, netns and name."""
-    import nats.js.errors  # noqa: PLC0415
-
     links = []
-    for key in await bucket_keys(kv):
-        try:
-            entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            continue  # deleted meanwhile
+    for entry in await bucket_entries(kv):
         if entry.value:
-            links.append(orjson.loads(entry.value))
+            with contextlib.suppress(orjson.JSONDecodeError):
+                links.append(orjson.loads(entry.value))
     links.sort(key=lambda v: (v.get("host", ""), v.get("netns", ""), v.get("ifname", "")))
     return links
 

@@ -61,3 +61,15 @@ def test_replay() -> None:
     out = bench("replay.py", "--routes", "200", "--repeat", "1")
     assert "ip monitor file REC" in out
     assert "200 of 200 routes as route.added, 0 missing, 0 duplicates" in out
+
+
+def test_netns() -> None:
+    out = bench("netns.py", "--namespaces", "2", "--follows", "2", "--flips", "4", "--gap", "0.01")
+    assert 'the daemon with netns = "all"' in out
+    assert "ratio p50" in out
+
+
+def test_fleet() -> None:
+    out = bench("fleet.py", "--hosts", "2", "--seconds", "1")
+    assert "fleet: N hosts x 8 links" in out
+    assert "read back: 0 missing, 0 duplicates, 0 out of order" in out
