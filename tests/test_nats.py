@@ -839,6 +839,71 @@ async def test_the_fleet_view_keeps_this_hosts_links(
     assert link["since"] == lost.time
 
 
+async def test_fleet_watch_follows_every_hosts_events_live_with_its_filters(
+    tmp_path: Path, local_server: NatsServer, factory: EventFactory
+) -> None:
+    """``linkmond fleet watch``: new events as they are stored, filtered by type and by the
+    host in their source; one line each, the event's JSON with ``--json``, else
+    ``HOST [NETNS] <human line>``."""
+    local_server.start()
+    url = local_server.url
+    other = EventFactory("/linkmond/elsewhere", "default")
+    async with running(NatsSink("fleet", sink_config(url), tmp_path / "state")) as sink:
+        await sink.emit([carrier_lost(factory)])  # the stream exists before the watch
+        await until(lambda: sink.spooled() == 0, what="the stream made")
+
+        async def watch(*args: str) -> asyncio.subprocess.Process:
+            return await asyncio.create_subprocess_exec(
+                *[sys.executable, "-m", "linkmond", "fleet", "watch", "--server", url, *args],
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=ROOT,
+            )
+
+        async def first_line(
+            proc: asyncio.subprocess.Process, emit: Callable[[], list[Event]]
+        ) -> tuple[str, list[Event]]:
+            # it subscribes for new events only: publish until it has printed one
+            assert proc.stdout is not None
+            sent: list[Event] = []
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                batch = emit()
+                sent += batch
+                await sink.emit(batch)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        return (await proc.stdout.readline()).decode(), sent
+            raise AssertionError("fleet watch printed nothing in 15 s")
+
+        host = HOST.partition(".")[0]
+        as_json = await watch("--json", "--type", "link.carrier_*", "--host", f"{host}*")
+        human = await watch("--type", "link.*")
+        try:
+
+            def mixed() -> list[Event]:
+                # another host's loss and an address event go by; ours is shown
+                addr = factory.make("addr.added", "lm0", {"ifindex": 7, "ifname": "lm0"})
+                return [carrier_lost(other), addr, carrier_lost(factory, netns="blue")]
+
+            line, sent = await first_line(as_json, mixed)
+            shown = json.loads(line)
+            ours = [e.id for e in sent if e.type == "link.carrier_lost" and e.source.endswith(HOST)]
+            assert shown["id"] in ours
+            assert shown["netns"] == "blue"
+            line, _ = await first_line(human, lambda: [carrier_lost(factory, netns="blue")])
+            assert line.startswith(
+                (
+                    "elsewhere [default] link lm0: carrier lost",
+                    f"{HOST} [blue] link lm0: carrier lost",
+                )
+            ), line
+        finally:
+            for proc in (as_json, human):  # our children, by PID
+                proc.terminate()
+                await proc.wait()
+
+
 async def _has_links(url: str, count: int) -> bool:
     return len(await fleet_keys(url)) == count
 
