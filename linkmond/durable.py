@@ -27,15 +27,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import structlog
 
 from linkmond.backoff import Backoff
 from linkmond.events import Event
-from linkmond.sinks.base import SinkError
+from linkmond.sinks.base import Sink, SinkError
 from linkmond.spool import DeadLetter, Spool, SpooledEvent
 
 log = structlog.get_logger("linkmond.durable")
@@ -139,6 +139,42 @@ def explain(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename and exc.strerror:
         return f"{exc.filename}: {exc.strerror}"
     return f"{type(exc).__name__}: {exc}"
+
+
+class DurableSink(Sink):
+    """A sink that delivers through a :class:`DurableQueue` (webhook, nats): ``emit`` only
+    spools, ``aclose`` stops the queue, then the transport. A subclass sets :attr:`queue`
+    and closes its transport in :meth:`close_transport`."""
+
+    queue: DurableQueue
+
+    def spooled(self) -> int:
+        """Events spooled and not acknowledged yet."""
+        return len(self.queue)
+
+    async def emit(self, events: Sequence[Event]) -> None:
+        """Spool the batch (one transaction) and wake the delivery; no network here."""
+        await self.queue.put(events)
+
+    async def aclose(self) -> None:
+        """Stop delivering (after a short grace if healthy) and close; the spool keeps the
+        rest for the next run."""
+        await self.queue.close()
+        await self.close_transport()
+
+    async def close_transport(self) -> None:
+        """Close what the transport holds open (sessions, connections)."""
+
+    def retire(self, closing: Coroutine[Any, Any, None]) -> None:
+        """Run ``closing`` (a replaced transport's close, at a reload) to its end in the
+        background; a reference is kept so that the task is not collected midway."""
+        task = asyncio.get_running_loop().create_task(closing)
+        _retiring.add(task)
+        task.add_done_callback(_retiring.discard)
+
+
+#: replaced transports being closed (see DurableSink.retire)
+_retiring: set[asyncio.Task[None]] = set()
 
 
 class DurableQueue:

@@ -200,3 +200,20 @@ def netns() -> Iterator[NetNS]:
         yield ns
     finally:
         ns.delete()
+
+
+def restart(factory: Callable[..., Daemon], config: str) -> Daemon:
+    """A new daemon on the same files, waiting for *its* daemon.started."""
+    daemon = factory(config, start=False)
+    mark = daemon.mark()
+    daemon.start(wait_started=False)
+    assert daemon.proc is not None
+    pid = daemon.proc.pid
+    wait_for(
+        lambda: any(
+            e["type"] == "daemon.started" and e["data"]["pid"] == pid for e in daemon.since(mark)
+        ),
+        15,
+        "the restarted daemon",
+    )
+    return daemon

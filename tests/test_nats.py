@@ -38,7 +38,7 @@ from linkmond.config import NatsSinkConfig
 from linkmond.events import Event, EventFactory
 from linkmond.fleet import key_token, link_key, open_bucket, read_links, select
 from linkmond.sinks.nats import NatsSink, subject_for, subject_prefix, subject_token
-from tests.helpers import ROOT, Daemon, NetNS, default_config, linkmond, wait_for
+from tests.helpers import ROOT, Daemon, NetNS, default_config, linkmond, restart, wait_for
 
 Record = dict[str, Any]
 
@@ -1163,23 +1163,6 @@ def test_two_hosts_keep_apart_in_subjects_and_in_the_fleet_view(
             daemon.stop()
         daemons.clear()
         server.stop()
-
-
-def restart(factory: Callable[..., Daemon], config: str) -> Daemon:
-    """A new daemon on the same files, waiting for *its* daemon.started."""
-    daemon = factory(config, start=False)
-    mark = daemon.mark()
-    daemon.start(wait_started=False)
-    assert daemon.proc is not None
-    pid = daemon.proc.pid
-    wait_for(
-        lambda: any(
-            e["type"] == "daemon.started" and e["data"]["pid"] == pid for e in daemon.since(mark)
-        ),
-        15,
-        "the restarted daemon",
-    )
-    return daemon
 
 
 @pytest.mark.netns

@@ -37,7 +37,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from linkmond.config import ConfigError, WebhookSinkConfig
 from linkmond.events import Event, EventFactory, describe
 from linkmond.sinks.webhook import WebhookSink, retry_after_seconds
-from tests.helpers import ROOT, Daemon, NetNS, default_config, wait_for
+from tests.helpers import ROOT, Daemon, NetNS, default_config, restart, wait_for
 
 Record = dict[str, Any]
 
@@ -844,23 +844,6 @@ def flap(ns: NetNS, daemon: Daemon) -> None:
             10,
             f"{event} lm0",
         )
-
-
-def restart(factory: Callable[..., Daemon], config: str) -> Daemon:
-    """A new daemon on the same files, waiting for *its* daemon.started."""
-    daemon = factory(config, start=False)
-    mark = daemon.mark()
-    daemon.start(wait_started=False)
-    assert daemon.proc is not None
-    pid = daemon.proc.pid
-    wait_for(
-        lambda: any(
-            e["type"] == "daemon.started" and e["data"]["pid"] == pid for e in daemon.since(mark)
-        ),
-        15,
-        "the restarted daemon",
-    )
-    return daemon
 
 
 @pytest.mark.netns

@@ -32,11 +32,19 @@ import structlog
 
 from linkmond.config import ConfigError, NatsSinkConfig, SinkBase
 from linkmond.credentials import read_private
-from linkmond.durable import Delivered, DurableQueue, Outcome, Policy, Retry, explain
+from linkmond.durable import (
+    Delivered,
+    DurableQueue,
+    DurableSink,
+    Outcome,
+    Policy,
+    Retry,
+    explain,
+)
 from linkmond.events import Event, now_rfc3339
 from linkmond.fleet import FleetView
 from linkmond.redact import redact_url
-from linkmond.sinks.base import LinkObserver, Sink
+from linkmond.sinks.base import LinkObserver
 from linkmond.spool import Spool, SpooledEvent
 
 log = structlog.get_logger("linkmond.nats")
@@ -343,7 +351,7 @@ def _policy(config: NatsSinkConfig) -> Policy:
     return Policy(config.retry_initial, config.max_retry_delay, config.max_age, config.batch)
 
 
-class NatsSink(Sink):
+class NatsSink(DurableSink):
     """Publishes events to JetStream from a spool at ``<state_directory>/nats-<name>.sqlite``."""
 
     def __init__(self, name: str, config: NatsSinkConfig, state_directory: Path) -> None:
@@ -365,10 +373,6 @@ class NatsSink(Sink):
     def config(self) -> NatsSinkConfig:
         """The options in force (a reload may have replaced them)."""
         return self._publisher.config
-
-    def spooled(self) -> int:
-        """Events spooled and not acknowledged yet."""
-        return len(self.queue)
 
     async def start(self) -> None:
         """Open the spool and start publishing; events left by a previous run go first."""
@@ -396,16 +400,11 @@ class NatsSink(Sink):
                 log.warning(warning, sink=self.name)
             self.queue.reconfigure(publisher, _policy(options))
             self.fleet.reconfigure(publisher.connection)
-            asyncio.get_running_loop().create_task(old.aclose())
+            self.retire(old.aclose())
 
         return apply
 
-    async def emit(self, events: Sequence[Event]) -> None:
-        """Spool the batch (one transaction) and wake the publisher; no network here."""
-        await self.queue.put(events)
-
-    async def aclose(self) -> None:
-        """Stop publishing (after a short grace if healthy) and close; the spool keeps the rest."""
-        await self.queue.close()
+    async def close_transport(self) -> None:
+        """Write what the fleet view holds (briefly), then close both connections."""
         await self.fleet.aclose()
         await self._publisher.aclose()

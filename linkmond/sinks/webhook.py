@@ -17,7 +17,6 @@ log line is written at most once per :data:`LOG_EVERY` seconds with a count of t
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import json
@@ -50,6 +49,7 @@ from linkmond.credentials import read_private
 from linkmond.durable import (
     Delivered,
     DurableQueue,
+    DurableSink,
     Outcome,
     Policy,
     Reject,
@@ -58,7 +58,6 @@ from linkmond.durable import (
 )
 from linkmond.events import Event, describe
 from linkmond.redact import redact_text, redact_url
-from linkmond.sinks.base import Sink
 from linkmond.spool import Spool, SpooledEvent
 
 log = structlog.get_logger("linkmond.webhook")
@@ -211,7 +210,7 @@ def _refuse_symlink(path: Path, key: str) -> None:
         raise ConfigError(path, [(key, "is a symlink: not followed (remove it)")])
 
 
-class WebhookSink(Sink):
+class WebhookSink(DurableSink):
     """POSTs events to ``config.url`` from a spool at ``<state_directory>/webhook-<name>.sqlite``.
 
     The secret, extra headers and CA file are read here, when the daemon builds its sinks, and
@@ -253,10 +252,6 @@ class WebhookSink(Sink):
         """The SQLite spool of undelivered events."""
         return self.queue.spool
 
-    def spooled(self) -> int:
-        """Events spooled and not delivered yet."""
-        return len(self.queue)
-
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -277,17 +272,12 @@ class WebhookSink(Sink):
             self.spool.deadletter_max_bytes = options.deadletter_max_bytes
             poster.warn()
             self.queue.reconfigure(poster, _policy(options))
-            asyncio.get_running_loop().create_task(old.aclose())
+            self.retire(old.aclose())
 
         return apply
 
-    async def emit(self, events: Sequence[Event]) -> None:
-        """Spool the batch (one transaction) and wake the delivery; no HTTP here."""
-        await self.queue.put(events)
-
-    async def aclose(self) -> None:
-        """Stop delivering (after a short grace if healthy) and close; the spool keeps the rest."""
-        await self.queue.close()
+    async def close_transport(self) -> None:
+        """Close the HTTP session."""
         await self._poster.aclose()
 
 
