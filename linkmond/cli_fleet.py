@@ -17,6 +17,8 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
+from linkmond import __version__
+from linkmond.backoff import Backoff
 from linkmond.config import ConfigError, NatsSinkConfig
 from linkmond.events import Event, describe
 from linkmond.filters import GlobFilter
@@ -40,6 +42,7 @@ def add_parser(sub: Any) -> None:
         "--subject-prefix", default="linkmond", help="the subjects' first token (default linkmond)"
     )
     for p in (status, watch):
+        p.add_argument("--version", action="version", version=f"linkmond {__version__}")
         p.add_argument(
             "--server",
             action="append",
@@ -114,6 +117,13 @@ async def _status(connection: Any, args: argparse.Namespace) -> int:
             links: list[dict[str, Any]] = []  # no daemon has written a link yet
         else:
             links = await read_links(kv)
+    except Exception as exc:  # JetStream off, no permission, a timeout …
+        print(
+            f"linkmond fleet: cannot read the fleet view at {connection.endpoint}: "
+            f"{type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+        return EX_UNAVAILABLE
     finally:
         await client.close()
     links = select(links, args.host, args.down)
@@ -149,34 +159,54 @@ def _table(links: list[dict[str, Any]]) -> None:
 
 
 async def _watch(connection: Any, args: argparse.Namespace) -> int:
+    """Follow the stream until interrupted; a lost connection is made again (with backoff),
+    from the events published since then on."""
     from nats.js.api import ConsumerConfig, DeliverPolicy  # noqa: PLC0415
 
-    types = GlobFilter(args.type or ["*"])
     client = await _connect(connection)
     if client is None:
         return EX_UNAVAILABLE
+    backoff = Backoff(0.5, 30.0, jitter=True)
+    while True:
+        try:
+            sub = await client.jetstream().subscribe(
+                f"{args.subject_prefix}.>",
+                stream=args.stream,
+                ordered_consumer=True,
+                config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
+            )
+            backoff.reset()
+            async for msg in sub.messages:
+                _show(msg.data, args)
+        except Exception as exc:
+            print(f"linkmond fleet watch: {type(exc).__name__}: {exc}", file=sys.stderr)
+        finally:
+            await client.close()
+        print("linkmond fleet watch: connection lost; connecting again", file=sys.stderr)
+        client = None
+        while client is None:
+            await asyncio.sleep(backoff.next())
+            client = await _connect(connection)
+
+
+def _show(data: bytes, args: argparse.Namespace) -> None:
+    """Print one message of the stream if the filters take it. Read leniently: an event of
+    a newer daemon (members this one does not know) is shown all the same."""
     try:
-        js = client.jetstream()
-        sub = await js.subscribe(
-            f"{args.subject_prefix}.>",
-            stream=args.stream,
-            ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
-        )
-        async for msg in sub.messages:
-            try:
-                event = Event.model_validate_json(msg.data)
-            except ValidationError:
-                continue  # not an event of ours
-            host = event.source.rpartition("/")[2]
-            if args.host and not GlobFilter([args.host]).match(host):
-                continue
-            if not types.match(event.type):
-                continue
-            if args.json:
-                print(event.json_line, flush=True)
-            else:
-                print(f"{host} [{event.netns}] {describe(event)}", flush=True)
-    finally:
-        await client.close()
-    return 0
+        fields = json.loads(data)
+        type_, source = str(fields["type"]), str(fields["source"])
+    except (ValueError, KeyError, TypeError):
+        return  # not an event
+    host = source.rpartition("/")[2]
+    if args.host and not GlobFilter([args.host]).match(host):
+        return
+    if not GlobFilter(args.type or ["*"]).match(type_):
+        return
+    if args.json:
+        print(data.decode("utf-8", "replace"), flush=True)
+        return
+    try:
+        line = describe(Event.model_validate(fields))
+    except ValidationError:
+        line = f"{type_} {fields.get('subject', '')}"
+    print(f"{host} [{fields.get('netns', '?')}] {line}", flush=True)

@@ -274,6 +274,22 @@ def url_has_credentials(url: str) -> bool:
     return bool(parsed.username or parsed.password)
 
 
+def is_loopback(host: str | None) -> bool:
+    """127.0.0.0/8, ::1 (also IPv4-mapped) and ``localhost``: traffic that stays on this host."""
+    if not host:
+        return False
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
 #: a header name is an HTTP token (RFC 9110, 5.6.2)
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: what aiohttp refuses in a header value (every control character but the tab)

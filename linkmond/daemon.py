@@ -340,7 +340,10 @@ class Daemon:
             self.notifier.ready(self.status_line())
             return
         self._swap_sinks(new, unchanged, started)
-        await self.watchers.reconfigure(new.monitor)
+        try:
+            await self.watchers.reconfigure(new.monitor)
+        except Exception as exc:  # the own namespace could not be watched again (EMFILE…)
+            log.error("[monitor] not fully applied", error=_reason(exc), exc_info=exc)
         if list(new.monitor.groups) != list(self.config.monitor.groups):
             log.warning("[monitor] groups changed: takes effect at the next restart")
         if new.monitor.reconcile_on_start != self.saving:

@@ -141,6 +141,16 @@ def explain(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _count(outcome: Outcome, sent: int) -> int:
+    """How many of the ``sent`` events ``outcome`` says were delivered."""
+    return sent if isinstance(outcome, Delivered) else min(outcome.delivered, sent)
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class DurableSink(Sink):
     """A sink that delivers through a :class:`DurableQueue` (webhook, nats): ``emit`` only
     spools, ``aclose`` stops the queue, then the transport. A subclass sets :attr:`queue`
@@ -301,8 +311,7 @@ class DurableQueue:
     # -- delivery ---------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        task = asyncio.current_task()
-        while task is None or not task.cancelling():  # (a library may have swallowed it)
+        while not _cancelling():  # (a library may have swallowed the cancellation)
             self._wake.clear()  # before looking, so a put while we look is not missed
             policy = self.policy
             try:
@@ -338,11 +347,17 @@ class DurableQueue:
         waits here, then the caller reads the spool's head anew."""
         self._changed.clear()  # a reload from now on ends the wait for a retry at once
         outcome = await self._send(rows)
-        if isinstance(outcome, Retry) and outcome.immediate:
-            outcome = await self._send(rows[outcome.delivered :])
-        delivered = len(rows) if isinstance(outcome, Delivered) else outcome.delivered
+        delivered = _count(outcome, len(rows))
+        if isinstance(outcome, Retry) and outcome.immediate and not _cancelling():
+            outcome = await self._send(rows[delivered:])
+            delivered += _count(outcome, len(rows) - delivered)
         if delivered:
             await asyncio.to_thread(self.spool.remove, *(row.seq for row in rows[:delivered]))
+        if _cancelling():
+            # a client library may swallow the cancellation (nats-py turns it into an error
+            # it then ignores): closing ends this task all the same, once what was delivered
+            # is off the spool (else the next run would send it again)
+            raise asyncio.CancelledError
         if isinstance(outcome, Delivered):
             if self.failing:
                 log.info(f"{self.kind} delivering again", sink=self.name)
@@ -380,11 +395,6 @@ class DurableQueue:
         except Exception as exc:  # a bug in a transport: a failed attempt, with its traceback
             log.error(f"{self.kind} transport error", sink=self.name, exc_info=exc)
             outcome = Retry(error=explain(exc))
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            # a client library may swallow the cancellation (nats-py turns it into an error
-            # it then ignores): closing must end this task all the same
-            raise asyncio.CancelledError
         return outcome
 
     async def _wait_to_retry(self, row: SpooledEvent, outcome: Retry, attempts: int) -> None:

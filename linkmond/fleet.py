@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("linkmond.fleet")
 
 BUCKET: Final = "LINKMOND_LINKS"
+#: at close, how long the writer may take to end once cancelled
+CLOSE_WAIT: Final = 2.0
 #: the link fields a value carries (beside host, netns, since and event_id)
 FIELDS: Final = ("ifname", "ifindex", "admin_up", "carrier", "operstate", "mtu", "mac")
 #: what a key token may not hold (NATS keys: letters, digits, ``-_=/``; ``.`` separates)
@@ -84,6 +86,10 @@ class FleetView:
         #: (netns, ifindex) → (since, event_id) of the link's last event
         self._changed: dict[tuple[str, int], tuple[str, str]] = {}
         self._started_at = ""
+        #: the daemon told the whole set (:meth:`sync`): until then nothing is written (a
+        #: full write would take every key of this host for stale)
+        self._synced = False
+        self._closing: set[asyncio.Task[None]] = set()
 
     def start(self, now: str) -> None:
         """Begin writing (``now``: the time links never changed since are given)."""
@@ -111,6 +117,7 @@ class FleetView:
             if self._desired.get(key) != value:
                 self._dirty[key] = value
         self._desired = desired
+        self._synced = True
         self._wake.set()
 
     def link_event(self, event: Event) -> None:
@@ -143,8 +150,8 @@ class FleetView:
                         while self._dirty:  # noqa: ASYNC110 - the writer empties it
                             await asyncio.sleep(0.01)
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # bounded: nats-py may swallow the cancellation while it waits to reconnect
+            await asyncio.wait([self._task], timeout=CLOSE_WAIT)
             self._task = None
         await self._close_client()
 
@@ -153,10 +160,11 @@ class FleetView:
     async def _run(self) -> None:
         config = self.connection.config
         backoff = Backoff(config.retry_initial, config.max_retry_delay, jitter=True)
-        while True:
-            if not self._dirty and not self._full:
+        while not _cancelling():  # (a library may have swallowed the cancellation)
+            if not self._synced or (not self._dirty and not self._full):
                 self._wake.clear()
                 await self._wake.wait()
+                continue
             try:
                 await self._write()
             except asyncio.CancelledError:
@@ -182,25 +190,30 @@ class FleetView:
 
     async def _bucket(self) -> Any:
         if self._kv is None:
-            self._client = await self.connection.open(
-                reconnected_cb=self._reconnected, closed_cb=self._closed
-            )
-            self._kv = await open_bucket(self._client.jetstream(), create=True)
+            current: list[Any] = []
+
+            async def reconnected() -> None:
+                self._full = True  # the server may have lost the bucket, or be another one
+                self._wake.set()
+
+            async def closed() -> None:
+                # the client gave up reconnecting (or was closed): if it is still ours,
+                # connect anew (with backoff) and write everything
+                if current and self._client is current[0]:
+                    self._client = self._kv = None
+                    self._full = True
+                    self._wake.set()
+
+            client = await self.connection.open(reconnected_cb=reconnected, closed_cb=closed)
+            current.append(client)
+            self._client = client
+            self._kv = await open_bucket(client.jetstream(), create=True)
         return self._kv
-
-    async def _reconnected(self) -> None:
-        self._full = True  # the server may have lost the bucket, or be another one
-        self._wake.set()
-
-    async def _closed(self) -> None:
-        # the client gave up reconnecting: connect anew (with backoff) and write everything
-        self._client = self._kv = None
-        self._full = True
-        self._wake.set()
 
     async def _write(self) -> None:
         kv = await self._bucket()
         if self._full:
+            self._full = False  # a reconnection while this runs asks for another
             self._dirty.clear()
             mine = await bucket_entries(kv, key_token(self.host) + ".>", meta_only=True)
             stale = [e.key for e in mine if e.key not in self._desired]
@@ -210,7 +223,6 @@ class FleetView:
                     await kv.delete(key)
             for key, value in list(self._desired.items()):
                 await kv.put(key, orjson.dumps(value))
-            self._full = False
             return
         while self._dirty:
             key = next(iter(self._dirty))
@@ -237,12 +249,19 @@ class FleetView:
     def _drop_client(self) -> None:
         client, self._client, self._kv = self._client, None, None
         if client is not None:
-            asyncio.get_running_loop().create_task(_close(client))
+            task = asyncio.get_running_loop().create_task(_close(client))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def _close_client(self) -> None:
         client, self._client, self._kv = self._client, None, None
         if client is not None:
             await _close(client)
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def _close(client: Any) -> None:

@@ -365,6 +365,8 @@ class NetnsWatcher:
     def stop(self) -> None:
         """Process what the kernel has already queued on the socket, then close it."""
         self._stopping = True
+        if self._ready is not None and not self._ready.done():
+            self._ready.cancel()  # a start still filling the cache ends (CancelledError)
         if self.scheduler is not None:
             self.scheduler.stop()
         if self.sock is not None:

@@ -90,7 +90,9 @@ class Watched:
         state follows it (``resync: true``)."""
         watcher = self.watcher
         if saving:
-            restored = self.state_file.load(watcher.state, watcher.tables)
+            # in a thread: a million saved routes take seconds to load, and other namespaces
+            # are being read meanwhile (nothing else touches this cache yet)
+            restored = await asyncio.to_thread(self.state_file.load, watcher.state, watcher.tables)
         else:
             self.state_file.discard()
             restored = frozenset()
@@ -193,6 +195,8 @@ class Watchers:
         self._starting: dict[str, asyncio.Task[None]] = {}
         #: namespaces let go of, being saved and closed
         self._closing: set[asyncio.Task[None]] = set()
+        #: namespaces being started (their caches being filled), not announced yet
+        self._opening: dict[str, Watched] = {}
         self._dir: NamespaceDir | None = None
         self._stopped = False
 
@@ -243,7 +247,8 @@ class Watchers:
                     directory=str(self.run_dir),
                 )
                 continue
-            await self._add_named(name)
+            self._start_named(name)
+        await self.wait_started()
 
     def _follow(self) -> list[str]:
         """Follow /run/netns if any named namespace is wanted; the names there now."""
@@ -260,14 +265,25 @@ class Watchers:
         if name in self.active or name in self._starting:
             return
         log.info("network namespace added: watching it", netns=name)
-        task = asyncio.create_task(self._add_named(name))
+        self._start_named(name)
+
+    def _start_named(self, name: str) -> None:
+        """Start watching ``name`` in a task of its own, which :meth:`_gone` (the name
+        deleted meanwhile), a reload or the stop can cancel."""
+        task = asyncio.create_task(self._add_named(name), name=f"netns:{name}")
         self._starting[name] = task
-        task.add_done_callback(lambda _t: self._starting.pop(name, None))
+
+        def done(finished: asyncio.Task[None]) -> None:
+            if self._starting.get(name) is finished:  # not a successor of the same name
+                del self._starting[name]
+
+        task.add_done_callback(done)
 
     def _gone(self, name: str) -> None:
         starting = self._starting.pop(name, None)
         if starting is not None:
-            starting.cancel()  # it cleans up after itself
+            starting.cancel()  # it cleans up after itself, and announced nothing yet
+            return
         watched = self.active.get(name)
         if watched is not None and not watched.namespace.is_own:
             self.remove(name, REMOVED)
@@ -281,7 +297,7 @@ class Watchers:
             return
         try:
             ident = namespace.inode()
-            for other in self.active.values():
+            for other in [*self.active.values(), *self._opening.values()]:
                 if other.namespace.inode() == ident:
                     log.info("network namespace already watched", netns=name, as_=other.name)
                     namespace.close()
@@ -289,6 +305,15 @@ class Watchers:
         except OSError as exc:
             namespace.close()
             log.error("cannot open network namespace", netns=name, error=_why(exc))
+            return
+        if name in (OWN, self.own_name):
+            # another namespace under the name the daemon's own is reported by: its events
+            # and saved state could not be told apart
+            log.warning(
+                "a namespace in /run/netns has the name of the daemon's own namespace: not watched",
+                netns=name,
+            )
+            namespace.close()
             return
         await self._add(namespace, own=False)
 
@@ -315,11 +340,11 @@ class Watchers:
         )
         state_file = StateFile(self.state_directory(), namespace.name, namespace)
         watched = Watched(namespace, publisher, watcher, state_file)
-        self.active[namespace.name] = watched
+        self._opening[namespace.name] = watched
         try:
             await watched.start(self.saving, list(monitor.groups))
         except BaseException as exc:
-            self.active.pop(namespace.name, None)
+            self._opening.pop(namespace.name, None)
             watcher.stop()
             if not own:
                 namespace.close()
@@ -337,6 +362,8 @@ class Watchers:
             else:
                 log.error("cannot watch network namespace", netns=namespace.name, exc_info=exc)
             return
+        self._opening.pop(namespace.name, None)
+        self.active[namespace.name] = watched
         counts = watcher.state.counts()
         log.info("watching network namespace", netns=namespace.name, **counts)
         self.changed()
@@ -393,7 +420,8 @@ class Watchers:
         names = present if monitor.netns == "all" else self._named()
         for name in names:
             if name in present and name not in self.active and name not in self._starting:
-                await self._add_named(name)
+                self._start_named(name)
+        await self.wait_started()
 
     def stop(self) -> None:
         """Stop following /run/netns and every watcher (each reads what its socket holds)."""
@@ -401,7 +429,7 @@ class Watchers:
         if self._dir is not None:
             self._dir.close()
         for task in self._starting.values():
-            task.cancel()
+            task.cancel()  # each stops its watcher as it ends
         for watched in self.active.values():
             watched.watcher.stop()
 

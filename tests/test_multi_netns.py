@@ -649,3 +649,38 @@ def test_check_config_accepts_all_and_a_list_of_names(
     result = check_config(tmp_path, netns)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["monitor"]["netns"] == effective
+
+
+@pytest.mark.netns
+def test_a_namespace_deleted_while_its_cache_is_filled_holds_nothing_up(
+    ns: NetNS, ns_b: NetNS, daemon_factory: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """B is deleted during its first dump (200k routes: it takes a while): its start ends
+    there, unannounced; the daemon's own start completes and SIGTERM ends it as usual."""
+    b = ns_b.name
+    ns_b.ip("link", "add", "d0", "type", "ifb")
+    ns_b.ip("link", "set", "d0", "up")
+    batch = "".join(
+        f"route add 10.{i >> 16}.{i >> 8 & 255}.{i & 255}/32 dev d0\n" for i in range(200000)
+    )
+    subprocess.run(["ip", "-n", b, "-batch", "-"], input=batch, text=True, check=True)
+    daemon = daemon_factory(multi_config(tmp_path, ["default", b]), start=False)
+    daemon.start(wait_started=False)
+    saved_b = str(tmp_path / "state" / f"state-{b}.jsonl")
+    wait_for(
+        lambda: [e for e in logs(daemon) if e.get("path") == saved_b],
+        timeout=30,
+        what="B's start under way (its saved state looked for)",
+    )
+    ns_b.delete()
+    started = wait_for(
+        lambda: [e for e in logs(daemon) if e.get("event") == "started"],
+        timeout=30,
+        what="the daemon's start completed",
+    )
+    assert started[0]["netns"] == [ns.name], started
+    assert daemon.stop() == 0, daemon.stderr()[-2000:]
+    about_b = [(e["type"], e["netns"]) for e in daemon.events() if e["netns"] == b]
+    # B either never started (deleted during its dump) or started and was let go of: never
+    # a daemon.stopping without its daemon.started
+    assert about_b in ([], [("daemon.started", b), ("daemon.stopping", b)]), about_b

@@ -930,6 +930,7 @@ async def test_a_server_that_cannot_be_used_is_logged_as_a_warning(
     config = sink_config(local_server.url, user="linkmond", password_env="LM_TEST_NATS_PASSWORD")  # noqa: S106
     with structlog.testing.capture_logs() as captured:
         async with running(NatsSink("fleet", config, tmp_path)) as sink:
+            sink.fleet.sync([("default", link_data("lm0"))])  # as the daemon does at start
             await sink.emit([carrier_lost(factory)])
 
             def warned(what: str) -> bool:

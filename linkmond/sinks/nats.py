@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import re
 import socket
@@ -27,10 +28,12 @@ import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
+import orjson
 import structlog
 
-from linkmond.config import ConfigError, NatsSinkConfig, SinkBase
+from linkmond.config import ConfigError, NatsSinkConfig, SinkBase, is_loopback
 from linkmond.credentials import read_private
 from linkmond.durable import (
     Delivered,
@@ -38,6 +41,7 @@ from linkmond.durable import (
     DurableSink,
     Outcome,
     Policy,
+    Reject,
     Retry,
     explain,
 )
@@ -75,10 +79,15 @@ def subject_prefix(template: str) -> str:
 def subject_for(template: str, host: str, event: Event) -> str:
     """The subject ``event`` is published on. The type keeps its dot (``link.carrier_lost``
     is two tokens), so ``linkmond.web1.link.>`` selects one host's link events."""
+    return make_subject(template, host, event.type, event.netns)
+
+
+def make_subject(template: str, host: str, type_: str, netns: str) -> str:
+    """``template`` with its fields filled in (see :func:`subject_for`)."""
     return (
         template.replace("{host}", subject_token(host))
-        .replace("{netns}", subject_token(event.netns))
-        .replace("{type}", event.type)
+        .replace("{netns}", subject_token(netns))
+        .replace("{type}", type_)
     )
 
 
@@ -117,17 +126,33 @@ class Connection:
             self._auth["user"] = config.user
             self._auth["password"] = _from_env(config.password_env, f"{key}.password_env")
         self._tls: ssl.SSLContext | None = None
-        if config.ca_file is not None or any(
-            u.lower().startswith("tls://") for u in config.servers
-        ):
+        ca = None
+        tls = any(url.lower().startswith("tls://") for url in config.servers)
+        if config.ca_file is not None or tls:
             try:
                 self._tls = ssl.create_default_context(
                     cafile=str(config.ca_file) if config.ca_file else None
                 )
+                ca = config.ca_file.read_bytes() if config.ca_file else None
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(
                     config.ca_file or "<tls>", [(f"{key}.ca_file", f"cannot load: {exc}")]
                 ) from None
+        #: what a reload compares: the options and what they named, as read now
+        self.fingerprint = (config, repr(sorted(self._auth.items())), ca)
+        if self._auth and not tls:
+            remote = [u for u in config.servers if not is_loopback(urlsplit(u).hostname)]
+            if remote:
+                self.warnings.append(
+                    "NATS credentials over plain nats:// to another host: they and the "
+                    "events cross the network unencrypted; use tls://"
+                )
+        nkey_auth = config.credentials_file is not None or config.nkey_file is not None
+        if nkey_auth and importlib.util.find_spec("nkeys") is None:  # what nats-py signs with
+            raise ConfigError(
+                "<install>",
+                [(key, "the nkeys module is missing (pip install 'nats-py[nkeys]')")],
+            )
 
     def _note(self, warning: str | None) -> None:
         if warning:
@@ -224,13 +249,18 @@ class _Publisher:
         import nats.js.errors  # noqa: PLC0415
 
         config = self.config
+        subjects = []
+        for row in batch:
+            subject = self._subject(row)
+            if subject is None:
+                break
+            subjects.append(subject)
         futures = []
         try:
-            for row in batch:
-                event = Event.model_validate_json(row.event)
+            for row, subject in zip(batch, subjects, strict=False):
                 futures.append(
                     await js.publish_async(
-                        subject_for(config.subject, self.host, event),
+                        subject,
                         row.event.encode(),
                         headers={"Nats-Msg-Id": row.id},
                         stream=config.stream,
@@ -248,9 +278,8 @@ class _Publisher:
             except nats.js.errors.NoStreamResponseError:
                 self._stream_checked = False  # a server back without its store: create it again
                 return Retry(
-                    "no stream takes subject "
-                    f"{subject_for(config.subject, self.host, _peek(batch[delivered]))} (is "
-                    f"stream {config.stream} there, and do its subjects cover it?)",
+                    f"no stream takes subject {subjects[delivered]} (is stream "
+                    f"{config.stream} there, and do its subjects cover it?)",
                     delivered=delivered,
                     message="publish not stored; will retry",
                 )
@@ -268,7 +297,25 @@ class _Publisher:
                     delivered=delivered,
                     message="publish not acknowledged; will retry",
                 )
+        if len(subjects) < len(batch):  # a row that cannot be read: it never will be
+            return Reject(
+                "unreadable event: no type and netns to make its subject of",
+                delivered=len(subjects),
+                message="unreadable event; moved to the dead-letter file",
+            )
         return Delivered()
+
+    def _subject(self, row: SpooledEvent) -> str | None:
+        """The subject of a spooled event, read leniently (a row a newer version spooled
+        still goes out); None if it has no type."""
+        try:
+            fields = orjson.loads(row.event)
+            type_, netns = fields["type"], fields.get("netns") or "default"
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return None
+        if not isinstance(type_, str) or not type_ or not isinstance(netns, str):
+            return None
+        return make_subject(self.config.subject, self.host, type_, netns)
 
     def _why(self, exc: BaseException) -> str:
         if isinstance(exc, ConnectError):
@@ -282,6 +329,10 @@ class _Publisher:
                 client = await self.connection.open(
                     disconnected_cb=self._disconnected, reconnected_cb=self._reconnected
                 )
+                if self._closing:  # closed (a reload replaced it) while connecting
+                    with contextlib.suppress(Exception):
+                        await client.close()
+                    raise ConnectError("the sink was reconfigured meanwhile")
                 self._client = client
                 self._js = client.jetstream(timeout=self.config.timeout)
                 self._stream_checked = False
@@ -308,10 +359,6 @@ class _Publisher:
                 await client.close()
 
 
-def _peek(row: SpooledEvent) -> Event:
-    return Event.model_validate_json(row.event)
-
-
 async def ensure_stream(js: Any, config: NatsSinkConfig) -> None:
     """Create ``config.stream`` if the server has none of that name (file storage, subjects
     ``<prefix>.>``, a duplicate window as long as the spool keeps an event, the configured
@@ -320,10 +367,20 @@ async def ensure_stream(js: Any, config: NatsSinkConfig) -> None:
     from nats.js.api import StorageType, StreamConfig  # noqa: PLC0415
 
     try:
-        await js.stream_info(config.stream)
-        return
+        info = await js.stream_info(config.stream)
     except nats.js.errors.NotFoundError:
         pass
+    else:
+        window = info.config.duplicate_window or 0
+        if window < config.max_age:
+            log.warning(
+                "the stream's duplicate window is shorter than the spool keeps an event: an "
+                "event sent again after that long (a long outage, a crash) is stored twice",
+                stream=config.stream,
+                duplicate_window=window,
+                max_age=config.max_age,
+            )
+        return
     limits = config.stream_limits
     window = config.max_age
     if limits.max_age:
@@ -385,12 +442,15 @@ class NatsSink(DurableSink):
         """The fleet view: it sees every link event and the daemon's link tables."""
         return self.fleet
 
-    def prepare(self, options: SinkBase) -> Callable[[], None]:
+    def prepare(self, options: SinkBase) -> Callable[[], None] | None:
         """Read the credentials and CA for ``options`` again (a reload); returns what puts
-        them in force, on a new connection. Raises :class:`ConfigError`, nothing changed."""
+        them in force, on a new connection, or None when neither they nor the options
+        changed. Raises :class:`ConfigError`, nothing changed."""
         if not isinstance(options, NatsSinkConfig):
             raise ConfigError("<reload>", [(f"sinks.{self.name}.type", "cannot change type")])
         publisher = _Publisher(Connection(self.name, options))
+        if publisher.connection.fingerprint == self._publisher.connection.fingerprint:
+            return None  # nothing new, in the config or the files it names: keep connected
 
         def apply() -> None:
             old, self._publisher = self._publisher, publisher

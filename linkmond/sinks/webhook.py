@@ -18,7 +18,6 @@ log line is written at most once per :data:`LOG_EVERY` seconds with a count of t
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ from linkmond.config import (
     HeaderFromFile,
     SinkBase,
     WebhookSinkConfig,
+    is_loopback,
 )
 from linkmond.credentials import read_private
 from linkmond.durable import (
@@ -120,22 +120,6 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
         return max(0.0, when.timestamp() - (time.time() if now is None else now))
     except (ArithmeticError, LookupError, TypeError, ValueError):
         return None
-
-
-def is_loopback(host: str | None) -> bool:
-    """127.0.0.0/8, ::1 (also IPv4-mapped) and ``localhost``: traffic that stays on this host."""
-    if not host:
-        return False
-    host = host.lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 def load_signer(name: str, config: WebhookSinkConfig, warnings: list[str] | None = None) -> Webhook:
@@ -259,12 +243,15 @@ class WebhookSink(DurableSink):
         self._poster.warn()
         await self.queue.open()
 
-    def prepare(self, options: SinkBase) -> Callable[[], None]:
+    def prepare(self, options: SinkBase) -> Callable[[], None] | None:
         """Read the new secret, headers and CA file for ``options`` (a reload); returns what
-        puts them in force. Raises :class:`ConfigError` with nothing changed."""
+        puts them in force, or None when neither they nor the options changed. Raises
+        :class:`ConfigError` with nothing changed."""
         if not isinstance(options, WebhookSinkConfig):
             raise ConfigError("<reload>", [(f"sinks.{self.name}.type", "cannot change type")])
         poster = _Poster(self.name, options)
+        if poster.fingerprint == self._poster.fingerprint:
+            return None  # nothing new, in the config or the files it names: keep the session
 
         def apply() -> None:
             old, self._poster = self._poster, poster
@@ -279,6 +266,16 @@ class WebhookSink(DurableSink):
     async def close_transport(self) -> None:
         """Close the HTTP session."""
         await self._poster.aclose()
+
+
+def _file_bytes(path: Path | None) -> bytes | None:
+    """A file's contents, to tell whether it changed (None: no file, or unreadable)."""
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def _policy(config: WebhookSinkConfig) -> Policy:
@@ -316,6 +313,13 @@ class _Poster:
                 ) from None
         self._plain_remote = parts.scheme == "http" and not is_loopback(parts.hostname)
         self._session: aiohttp.ClientSession | None = None
+        #: what a reload compares: the options and what they named, as read now
+        self.fingerprint = (
+            config,
+            self._signer._whsecret,
+            tuple(sorted(self._headers.items())),
+            _file_bytes(config.ca_file),
+        )
 
     def warn(self) -> None:
         """Log what reading the config found worth a warning (once per endpoint for http)."""
