@@ -11,8 +11,11 @@ in). Entering a namespace needs CAP_SYS_ADMIN.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
+import socket
+import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +34,18 @@ _READY_FIRST: Final = 0.001
 _READY_TRIES: Final = 13
 
 _T = TypeVar("_T")
+
+
+#: getsockopt: the network namespace's 64-bit cookie, never reused during a boot (Linux 5.14)
+SO_NETNS_COOKIE: Final = 71
+
+
+def netns_cookie() -> int | None:
+    """The cookie of the namespace this thread is in (None where the kernel has none)."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        value: int = struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+        return value
+    return None
 
 
 def named_namespaces(run_dir: Path = RUN_NETNS) -> list[str]:
@@ -103,6 +118,8 @@ class Namespace:
         #: an open nsfs descriptor; None for the daemon's own namespace
         self.fd = fd
         self.closed = False
+        self._cookie: int | None = None
+        self._cookie_known = False
 
     @classmethod
     def own(cls, name: str) -> Namespace:
@@ -134,6 +151,13 @@ class Namespace:
         """(st_dev, st_ino): what tells namespace instances apart during a boot."""
         st = os.stat(self.path)
         return st.st_dev, st.st_ino
+
+    def cookie(self) -> int | None:
+        """The namespace's cookie (see :func:`netns_cookie`); asked once, it never changes."""
+        if not self._cookie_known:
+            self._cookie = netns_cookie() if self.fd is None else self.make(netns_cookie)
+            self._cookie_known = True
+        return self._cookie
 
     def make(self, make: Callable[[], _T]) -> _T:
         """``make()`` inside this namespace (see :func:`inside`). Raises OSError (EPERM:

@@ -56,8 +56,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import socket
-import struct
 import time
 import zlib
 from collections.abc import Hashable, Iterable, Iterator
@@ -70,7 +68,7 @@ import orjson
 import structlog
 
 from linkmond import __version__, rtnl
-from linkmond.namespaces import Namespace
+from linkmond.namespaces import Namespace, netns_cookie
 from linkmond.routes import SEPARATOR, Hop, Route
 from linkmond.safefile import PRIVATE_MODE, UnsafeFileError, open_append, open_read
 from linkmond.state import TABLES, State
@@ -83,8 +81,6 @@ BOOT_ID: Final = Path("/proc/sys/kernel/random/boot_id")
 #: set by the unit to systemd's ``%b`` (the boot ID), which it cannot read from /proc
 BOOT_ID_ENV: Final = "LINKMOND_BOOT_ID"
 NETNS: Final = Path("/proc/self/ns/net")
-#: getsockopt: the network namespace's 64-bit cookie, never reused during a boot (Linux 5.14)
-SO_NETNS_COOKIE: Final = 71
 #: seconds the wall clock may have moved against the boot clock since a save in this boot
 #: (NTP slewing); only consulted when the boot ID cannot be read
 CLOCK_SLACK: Final = 2.0
@@ -167,17 +163,9 @@ def identity(namespace: Namespace | None = None) -> Identity:
     st = os.stat(NETNS if namespace is None else namespace.path)
     cookie = None
     with contextlib.suppress(OSError):
-        cookie = _netns_cookie() if namespace is None else namespace.make(_netns_cookie)
+        cookie = netns_cookie() if namespace is None else namespace.cookie()
     boottime = time.clock_gettime(time.CLOCK_BOOTTIME)
     return Identity(boot_id, st.st_dev, st.st_ino, cookie, boottime, time.time())
-
-
-def _netns_cookie() -> int | None:
-    """The cookie of the namespace this thread is in (None where the kernel has none)."""
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        value: int = struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
-        return value
-    return None
 
 
 def other_boot(saved: Identity, now: Identity) -> str | None:

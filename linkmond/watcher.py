@@ -225,6 +225,8 @@ class NetnsWatcher:
         self.publisher = publisher
         self.namespace = namespace
         self._log = log.bind(netns=namespace.name) if namespace is not None else log
+        #: sockets made inside the namespace beforehand (:meth:`make_sockets`)
+        self._premade: list[socket.socket] = []
         self._passed_socket = passed_socket
         groups = frozenset(groups)
         self.tables = tuple(t for t in TABLES if t == "link" or t in groups)
@@ -317,12 +319,26 @@ class NetnsWatcher:
             self._loop.add_reader(sock.fileno(), self._on_readable)
         return sock
 
+    async def make_sockets(self) -> None:
+        """Make the sockets :meth:`start` will use inside the watched namespace, off the
+        event loop (entering a namespace waits for the kernel); nothing for our own."""
+        namespace = self.namespace
+        if namespace is None or namespace.is_own:
+            return
+
+        def make() -> list[socket.socket]:
+            return [namespace.make(open_raw) for _ in range(2)]
+
+        self._premade = await asyncio.to_thread(make)
+
     def _make_raw(self) -> socket.socket | None:
         """A raw socket made inside the watched namespace; None: make one here."""
         namespace = self.namespace
         if namespace is None or namespace.is_own:
             return None
-        return namespace.make(open_raw)
+        if self._premade:
+            return self._premade.pop()
+        return namespace.make(open_raw)  # a dump socket replaced after a stall: rare, quick
 
     def _open_dump_socket(self) -> NetlinkSocket:
         sock = NetlinkSocket(made=self._make_raw())
@@ -383,6 +399,9 @@ class NetnsWatcher:
                 self._loop.remove_reader(self.dump_sock.fileno())
             self.dump_sock.close()
             self.dump_sock = None
+        for unused in self._premade:
+            unused.close()
+        self._premade.clear()
         self.finish_pending()
 
     def counters(self) -> dict[str, int]:

@@ -97,6 +97,7 @@ class Watched:
             self.state_file.discard()
             restored = frozenset()
         self.restored = bool(restored)
+        await watcher.make_sockets()
         await watcher.start(restored)
         sock = watcher.sock
         self.publisher.daemon_event(
