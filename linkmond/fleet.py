@@ -6,10 +6,11 @@ Each daemon with a nats sink keeps its own links there, key ``<host>.<netns>.<if
 ``ifname``, ``ifindex``, ``admin_up``, ``carrier``, ``operstate``, ``mtu``, ``mac``,
 ``since`` (the time of its last change, or when the daemon first saw it) and ``event_id``
 (the event that told it; null for a link unchanged since the daemon started). The whole set
-is written at start and after every reconnection (keys of this host that name no current
-link are deleted then), one key on every link event, and a key is deleted on
-``link.removed``. Writes are coalesced: a key written again before the last write went out
-is sent once, with its latest value.
+is written at start, after every reconnection and every hour (keys of this host that name
+no current link are deleted then), one key on every link event, and a key is deleted on
+``link.removed``. The bucket forgets a key not written for a day, so a retired or renamed
+host's links leave the view by themselves. Writes are coalesced: a key written again before
+the last write went out is sent once, with its latest value.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger("linkmond.fleet")
 
 BUCKET: Final = "LINKMOND_LINKS"
+#: a key not written for this long leaves the bucket (a retired or renamed host's links)
+BUCKET_TTL: Final = 86400.0
+#: every daemon writes its whole set again this often, well within BUCKET_TTL
+REFRESH: Final = 3600.0
 #: at close, how long the writer may take to end once cancelled
 CLOSE_WAIT: Final = 2.0
 #: the link fields a value carries (beside host, netns, since and event_id)
@@ -163,7 +168,11 @@ class FleetView:
         while not _cancelling():  # (a library may have swallowed the cancellation)
             if not self._synced or (not self._dirty and not self._full):
                 self._wake.clear()
-                await self._wake.wait()
+                try:
+                    async with asyncio.timeout(REFRESH):
+                        await self._wake.wait()
+                except TimeoutError:
+                    self._full = True  # keep this host's keys younger than the bucket's TTL
                 continue
             try:
                 await self._write()
@@ -280,7 +289,7 @@ async def open_bucket(js: Any, *, create: bool) -> Any:
         if not create:
             raise
     return await js.create_key_value(
-        KeyValueConfig(bucket=BUCKET, history=1, storage=StorageType.FILE)
+        KeyValueConfig(bucket=BUCKET, history=1, storage=StorageType.FILE, ttl=BUCKET_TTL)
     )
 
 

@@ -839,6 +839,30 @@ async def test_the_fleet_view_keeps_this_hosts_links(
     assert link["since"] == lost.time
 
 
+async def test_the_fleet_view_is_rewritten_regularly_and_its_bucket_forgets_old_keys(
+    tmp_path: Path, local_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys not written for a day leave the bucket (a retired host's links); a daemon writes
+    its whole set again every REFRESH, so its own never do (a key lost meanwhile is back)."""
+    import linkmond.fleet
+
+    monkeypatch.setattr(linkmond.fleet, "REFRESH", 0.2)
+    local_server.start()
+    url = local_server.url
+    async with running(NatsSink("fleet", sink_config(url), tmp_path)) as sink:
+        sink.fleet.sync([("default", link_data("lm0", carrier=True))])
+        await until_async(lambda: _has_links(url, 1), what="lm0 in the bucket")
+        nc = await _open(url)
+        try:
+            kv = await open_bucket(nc.jetstream(), create=False)
+            assert (await kv.status()).ttl == linkmond.fleet.BUCKET_TTL
+            await kv.delete(link_key(HOST, "default", "lm0"))  # lost, say, by a restore
+        finally:
+            await nc.close()
+        assert not await _has_links(url, 1)
+        await until_async(lambda: _has_links(url, 1), 5, "lm0 written again by the refresh")
+
+
 async def test_fleet_watch_follows_every_hosts_events_live_with_its_filters(
     tmp_path: Path, local_server: NatsServer, factory: EventFactory
 ) -> None:
