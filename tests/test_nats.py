@@ -928,6 +928,56 @@ async def test_fleet_watch_follows_every_hosts_events_live_with_its_filters(
                 await proc.wait()
 
 
+async def test_fleet_watch_connects_again_after_the_server_restarts(
+    tmp_path: Path, local_server: NatsServer, factory: EventFactory
+) -> None:
+    """A server restart ends the subscription: ``fleet watch`` says so on stderr, connects
+    again (with backoff) and goes on showing new events, instead of exiting."""
+    local_server.start()
+    url = local_server.url
+    proc: asyncio.subprocess.Process | None = None
+    async with running(NatsSink("fleet", sink_config(url), tmp_path / "state")) as sink:
+        await sink.emit([carrier_lost(factory)])  # the stream exists before the watch
+        await until(lambda: sink.spooled() == 0, what="the stream made")
+        proc = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "linkmond", "fleet", "watch", "--server", url, "--json"],
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+        )
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        try:
+
+            async def shown_after_emitting() -> Record:
+                assert proc is not None
+                assert proc.stdout is not None
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    event = carrier_lost(factory)
+                    await sink.emit([event])
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.5):
+                            line = await proc.stdout.readline()
+                            assert line, "fleet watch exited"
+                            return dict(json.loads(line))
+                raise AssertionError("fleet watch showed nothing in 20 s")
+
+            await shown_after_emitting()
+            await asyncio.to_thread(local_server.stop)
+            async with asyncio.timeout(20):
+                lost = await proc.stderr.readline()
+            assert b"connection lost; connecting again" in lost, lost
+            await asyncio.to_thread(local_server.start)
+            shown = await shown_after_emitting()  # the same process, connected again
+            assert shown["type"] == "link.carrier_lost"
+            assert proc.returncode is None
+        finally:
+            if proc.returncode is None:  # our child, by PID
+                proc.terminate()
+            await proc.wait()
+
+
 async def _has_links(url: str, count: int) -> bool:
     return len(await fleet_keys(url)) == count
 
