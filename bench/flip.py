@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,31 @@ def wait_monitor_ready(ns: NetNS, reader: LineReader, ifname: str) -> None:
     raise RuntimeError("ip monitor link printed nothing for 20 s")
 
 
+def first_seen(
+    fds: list[int],
+    timeout: float,
+    lm_seen: Callable[[int], bool],
+    ip_seen: Callable[[], bool],
+) -> tuple[int | None, int | None]:
+    """After a flip: wait on ``fds`` until linkmond's event (``lm_seen(now)``) and ``ip
+    monitor``'s line (``ip_seen()``) have both been seen, or ``timeout`` s; when each was
+    first seen (``time.time_ns()``), None for what never was."""
+    got_lm: int | None = None
+    got_ip: int | None = None
+    deadline = time.monotonic() + timeout
+    while got_lm is None or got_ip is None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        select.select(fds, [], [], left)
+        now = time.time_ns()
+        if got_ip is None and ip_seen():
+            got_ip = now
+        if got_lm is None and lm_seen(now):
+            got_lm = now
+    return got_lm, got_ip
+
+
 def run_n(n: int, flips: int, gap: float, timeout: float) -> dict[str, Any]:
     with NetNS() as ns, tempfile.TemporaryDirectory(prefix="lmbench-") as tmp:
         work = Path(tmp)
@@ -192,24 +218,16 @@ def run_n(n: int, flips: int, gap: float, timeout: float) -> dict[str, Any]:
                 for up in (False, True):
                     t0 = time.time_ns()
                     set_up(sock, "f1", up)
-                    got_lm = got_ip = None
-                    deadline = time.monotonic() + timeout
-                    while got_lm is None or got_ip is None:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            break
-                        select.select([ifd, anchor.fd], [], [], left)
-                        now = time.time_ns()
-                        if got_ip is None and any(
-                            monitor_state(line, "f0") is up for line in anchor.lines()
-                        ):
-                            got_ip = now
+
+                    def lm_seen(_now: int, up: bool = up) -> bool:
                         with contextlib.suppress(BlockingIOError):
                             os.read(ifd, 4096)  # drain the inotify events
-                        if got_lm is None and any(
-                            event_state(line, "f0") is up for line in tail.lines()
-                        ):
-                            got_lm = now
+                        return any(event_state(line, "f0") is up for line in tail.lines())
+
+                    def ip_seen(up: bool = up) -> bool:
+                        return any(monitor_state(line, "f0") is up for line in anchor.lines())
+
+                    got_lm, got_ip = first_seen([ifd, anchor.fd], timeout, lm_seen, ip_seen)
                     key = "up" if up else "lost"
                     for name, got in (("lm", got_lm), ("ip", got_ip)):
                         if got is None:

@@ -78,7 +78,15 @@ from _common import (
     require_root,
     stop_process,
 )
-from flip import LineReader, inotify_modify, monitor_state, set_up, socket_in, wait_monitor_ready
+from flip import (
+    LineReader,
+    first_seen,
+    inotify_modify,
+    monitor_state,
+    set_up,
+    socket_in,
+    wait_monitor_ready,
+)
 
 #: the lines of the events file this script looks at (everything else is skipped unparsed)
 TOKENS = (b'"daemon.started"', b'"daemon.stopping"', b'"link.carrier_')
@@ -381,23 +389,18 @@ class Run:
             for up in (False, True):
                 t0 = time.time_ns()
                 set_up(sock, "c1", up)
-                got_lm = got_ip = None
-                deadline = time.monotonic() + timeout
-                while got_lm is None or got_ip is None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    select.select([events.ifd, reader.fd], [], [], left)
-                    now = time.time_ns()
-                    if got_ip is None and any(
-                        monitor_state(line, "c0") is up for line in reader.lines()
-                    ):
-                        got_ip = now
+
+                def lm_seen(now: int, up: bool = up, name: str = name) -> bool:
                     events.drain()
-                    if got_lm is None and any(ev == (name, "c0", up) for ev in events.read(now)):
-                        got_lm = now
-                    if got_lm is None:
-                        self.daemon.check_alive()  # type: ignore[union-attr]
+                    if any(ev == (name, "c0", up) for ev in events.read(now)):
+                        return True
+                    self.daemon.check_alive()  # type: ignore[union-attr]
+                    return False
+
+                def ip_seen(up: bool = up, reader: LineReader = reader) -> bool:
+                    return any(monitor_state(line, "c0") is up for line in reader.lines())
+
+                got_lm, got_ip = first_seen([events.ifd, reader.fd], timeout, lm_seen, ip_seen)
                 for who, got in (("lm", got_lm), ("ip", got_ip)):
                     if got is None:
                         self.missed["carrier event (linkmond)" if who == "lm"

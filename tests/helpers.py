@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -10,9 +11,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from linkmond.sinks.base import Sink
 
 ROOT = Path(__file__).resolve().parent.parent
 IS_ROOT = os.geteuid() == 0
@@ -217,3 +220,26 @@ def restart(factory: Callable[..., Daemon], config: str) -> Daemon:
         "the restarted daemon",
     )
     return daemon
+
+
+_S = TypeVar("_S", bound=Sink)
+
+
+@contextlib.asynccontextmanager
+async def running(sink: _S) -> AsyncIterator[_S]:
+    """``sink`` started, and closed at the end."""
+    await sink.start()
+    try:
+        yield sink
+    finally:
+        await sink.aclose()
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "it") -> Any:
+    """Poll ``predicate`` on the event loop until truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+    return result

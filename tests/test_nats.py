@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,17 @@ from linkmond.config import NatsSinkConfig
 from linkmond.events import Event, EventFactory
 from linkmond.fleet import key_token, link_key, open_bucket, read_links, select
 from linkmond.sinks.nats import NatsSink, subject_for, subject_prefix, subject_token
-from tests.helpers import ROOT, Daemon, NetNS, default_config, linkmond, restart, wait_for
+from tests.helpers import (
+    ROOT,
+    Daemon,
+    NetNS,
+    default_config,
+    linkmond,
+    restart,
+    running,
+    until,
+    wait_for,
+)
 
 Record = dict[str, Any]
 
@@ -440,25 +450,6 @@ class HostDaemon(Daemon):
 def sink_config(url: str, **options: Any) -> NatsSinkConfig:
     options = {"retry_initial": "50ms", "max_retry_delay": "200ms", "timeout": "1s", **options}
     return NatsSinkConfig(type="nats", servers=[url], **options)
-
-
-@contextlib.asynccontextmanager
-async def running(sink: NatsSink) -> AsyncIterator[NatsSink]:
-    await sink.start()
-    try:
-        yield sink
-    finally:
-        await sink.aclose()
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "it") -> Any:
-    """Poll ``predicate`` on the event loop until truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
-    return result
 
 
 async def until_async(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "it") -> Any:

@@ -21,7 +21,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import formatdate
@@ -37,7 +37,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from linkmond.config import ConfigError, WebhookSinkConfig
 from linkmond.events import Event, EventFactory, describe
 from linkmond.sinks.webhook import WebhookSink, retry_after_seconds
-from tests.helpers import ROOT, Daemon, NetNS, default_config, restart, wait_for
+from tests.helpers import ROOT, Daemon, NetNS, default_config, restart, running, until, wait_for
 
 Record = dict[str, Any]
 
@@ -201,25 +201,6 @@ def webhook_config(url: str, secret_file: Path, **options: Any) -> WebhookSinkCo
 def hook_sink(rx: Receiver, secret_file: Path, state: Path, **options: Any) -> WebhookSink:
     """A sink named ``hook`` posting to ``rx``."""
     return WebhookSink("hook", webhook_config(rx.url, secret_file, **options), state)
-
-
-@contextlib.asynccontextmanager
-async def running(sink: WebhookSink) -> AsyncIterator[WebhookSink]:
-    await sink.start()
-    try:
-        yield sink
-    finally:
-        await sink.aclose()
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "it") -> Any:
-    """Poll ``predicate`` on the event loop until truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
-    return result
 
 
 def dead_letters(state: Path, name: str = "hook") -> list[Record]:
